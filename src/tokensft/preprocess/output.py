@@ -1,0 +1,173 @@
+"""The output directory of a scoring run: identity, locking, and finishing (merge).
+
+    DIR/
+      data-00000.arrow ...      shards, one per input chunk, appear only by atomic rename
+      .tokensft/run.json        the run's identity (what determines the shards' contents)
+      .tokensft/lock-rank{r}    held (flock) by the process writing rank r
+      tokensft.json             run metadata + summed counts            } written by `finish`,
+      dataset_info.json         features, for datasets.load_from_disk   } state.json last: its
+      state.json                shard list, for datasets.load_from_disk } presence = finished
+
+A run whose identity equals the one on disk resumes; a different one is refused unless
+--overwrite. The finished directory is the same whatever the number of ranks that wrote it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from tokensft.errors import ConfigError
+from tokensft.preprocess.shards import SHARD_RE, add_stats, empty_stats, finished_chunks, read_shard_info, shard_name
+from tokensft.schema import METADATA_FILE
+
+STATE_DIR = ".tokensft"
+RUN_FILE = "run.json"
+OUR_FILES = {METADATA_FILE, "dataset_info.json", "state.json", STATE_DIR}
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_run(directory: Path) -> dict | None:
+    path = directory / STATE_DIR / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: corrupt run state ({exc}); rerun with --overwrite") from None
+
+
+def is_finished(directory: Path) -> bool:
+    return (directory / "state.json").is_file()
+
+
+def prepare(directory: Path, run: dict, overwrite: bool, resume: bool = True) -> str:
+    """Make `directory` ready for `run` (a JSON-able dict with key "identity").
+
+    Returns "new", "resume" or "finished". Refuses a directory holding a different run or
+    foreign files unless `overwrite`, in which case only tokensft's own files are removed.
+    `resume=False` starts a same-config run over (single-process use: every rank would wipe).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    existing = read_run(directory)
+    ours = [p for p in directory.iterdir() if p.name in OUR_FILES or SHARD_RE.match(p.name) or p.name.startswith(".data-")]
+    foreign = [p.name for p in directory.iterdir() if p not in ours]
+    if foreign:
+        raise ConfigError(
+            f"{directory}: not an empty directory or a tokensft output (found {', '.join(sorted(foreign)[:3])}); "
+            "choose another --output"
+        )
+    same = existing is not None and existing["identity"] == run["identity"]
+    if same and resume and not overwrite:
+        return "finished" if is_finished(directory) else "resume"
+    if ours and not overwrite and not same:
+        what = "a different scoring run" if existing else "tokensft files without run state"
+        changed = _changed_keys(existing["identity"], run["identity"]) if existing else []
+        hint = f" (differs in: {', '.join(changed)})" if changed else ""
+        raise ConfigError(f"{directory} holds {what}{hint}; pass --overwrite to replace it, or choose another --output")
+    for path in ours:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    (directory / STATE_DIR).mkdir(exist_ok=True)
+    write_json_atomic(directory / STATE_DIR / RUN_FILE, run)
+    return "new"
+
+
+def _changed_keys(old: dict, new: dict) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+class RankLock:
+    """An exclusive flock on DIR/.tokensft/lock-rank{r}: two runs never write one rank's shards."""
+
+    def __init__(self, directory: Path, rank: int):
+        self.path = directory / STATE_DIR / f"lock-rank{rank}"
+        self.rank = rank
+        self.file = None
+
+    def __enter__(self) -> RankLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.close()
+            raise ConfigError(
+                f"{self.path.parent.parent}: another tokensft run is writing rank {self.rank} of this output; "
+                "wait for it to finish or stop it"
+            ) from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
+def missing_chunks(directory: Path, num_chunks: int) -> list[int]:
+    done = finished_chunks(directory)
+    return [k for k in range(num_chunks) if k not in done]
+
+
+def finish(directory: Path, extra_metadata: dict | None = None) -> dict:
+    """Write tokensft.json, dataset_info.json and state.json once every chunk has its shard.
+
+    Safe to call from every rank: whoever sees all shards writes the same files atomically
+    (identical content apart from `finished` time), state.json last.
+    """
+    run = read_run(directory)
+    if run is None:
+        raise ConfigError(f"{directory}: no scoring run here (no {STATE_DIR}/{RUN_FILE})")
+    missing = missing_chunks(directory, run["num_chunks"])
+    if missing:
+        raise ConfigError(
+            f"{directory}: {len(missing)} of {run['num_chunks']} chunks not scored yet (first: chunk {missing[0]}); "
+            f"finish the ranks that own them (chunk k belongs to rank k % world_size), then merge"
+        )
+    totals = empty_stats()
+    for k in range(run["num_chunks"]):
+        _, stats = read_shard_info(directory / shard_name(k))
+        totals = add_stats(totals, stats)
+    meta = {**run["metadata"], **(extra_metadata or {}), "counts": totals, "num_shards": run["num_chunks"]}
+    write_json_atomic(directory / METADATA_FILE, meta)
+    write_json_atomic(directory / "dataset_info.json", _dataset_info(directory, run))
+    write_json_atomic(directory / "state.json", _state(run))
+    return meta
+
+
+def _dataset_info(directory: Path, run: dict) -> dict:
+    import datasets  # deferred: ~1 s import
+
+    path = directory / shard_name(0)
+    import pyarrow as pa
+
+    with pa.memory_map(str(path)) as source:
+        schema = pa.ipc.open_stream(source).schema
+    info = datasets.DatasetInfo(
+        description="Token-level scores written by tokensft score; see tokensft.json.",
+        features=datasets.Features.from_arrow_schema(schema),
+    )
+    return {key: value for key, value in sorted(asdict(info).items())}
+
+
+def _state(run: dict) -> dict:
+    return {
+        "_data_files": [{"filename": shard_name(k)} for k in range(run["num_chunks"])],
+        "_fingerprint": run["fingerprint"],
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": None,
+    }

@@ -1,0 +1,177 @@
+"""Render an example to token ids and labels: which tokens the model is trained on.
+
+The targets are exactly the tokens the assistant produced, including its end-of-turn token, and
+nothing of the prompt or the template scaffolding. Spans are found on the *tokenized render*, not
+by tokenizing prompt and response apart: a tokenizer may merge characters across the
+prompt/response boundary, and only the offsets of the full render say which tokens carry
+response text.
+
+    text   = template(messages)                       # one string, through the chat template
+    spans  = char ranges of each target message in text
+    tokens = tokenizer(text, return_offsets_mapping=True)
+    target = token overlaps a span, or is the special token (e.g. <|im_end|>) that closes it
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokensft.errors import ConfigError, InputError
+from tokensft.preprocess.formats import Example, Message
+from tokensft.schema import IGNORE_INDEX
+
+TEMPLATES = ("auto", "chat", "plain")
+PLAIN_SEPARATOR = "\n"  # between turns in the plain render of a conversation
+
+
+@dataclass(frozen=True)
+class Rendered:
+    input_ids: list[int]
+    labels: list[int]  # aligned with input_ids; IGNORE_INDEX where not trained
+    truncated: bool
+
+
+def resolve_template(template: str, tokenizer) -> str:
+    """`auto` -> `chat` when the tokenizer has a chat template, else `plain`."""
+    if template not in TEMPLATES:
+        raise ConfigError(f"--template {template!r}: use one of {', '.join(TEMPLATES)}")
+    has_chat = bool(getattr(tokenizer, "chat_template", None))
+    if template == "auto":
+        return "chat" if has_chat else "plain"
+    if template == "chat" and not has_chat:
+        raise ConfigError("--template chat: the model's tokenizer has no chat template (use --template plain)")
+    return template
+
+
+def _as_dicts(messages: tuple[Message, ...] | list[Message]) -> list[dict]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def _chat_text(tokenizer, messages, generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(
+        _as_dicts(messages), tokenize=False, add_generation_prompt=generation_prompt
+    )
+
+
+def chat_spans(example: Example, tokenizer, where: str) -> tuple[str, list[tuple[int, int]]]:
+    """The chat-template render and the char spans of its target messages.
+
+    Each assistant message is searched in the full render after the render of the conversation
+    before it (with the generation prompt), so a response that repeats the prompt's text is never
+    matched inside the prompt. Templates that strip the content are handled by a stripped search.
+    """
+    messages = example.messages
+    text = _chat_text(tokenizer, messages)
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for i, message in enumerate(messages):
+        if message.role != "assistant":
+            continue
+        lower = cursor
+        if i > 0:
+            prefix = _chat_text(tokenizer, messages[:i], generation_prompt=True)
+            if text.startswith(prefix):
+                lower = max(lower, len(prefix))
+        start, end = _find(text, message.content, lower)
+        if start < 0:
+            raise InputError(
+                where, "messages", f"the chat template does not reproduce assistant turn {i} verbatim",
+                fix="use --template plain, or a model whose template keeps the response text", reason="template",
+            )
+        cursor = end
+        if message.is_target:
+            spans.append((start, end))
+    return text, spans
+
+
+def _find(text: str, content: str, lower: int) -> tuple[int, int]:
+    for needle in (content, content.strip()):
+        if needle:
+            pos = text.find(needle, lower)
+            if pos >= 0:
+                return pos, pos + len(needle)
+    return -1, -1
+
+
+def plain_spans(example: Example, tokenizer) -> tuple[str, list[tuple[int, int]]]:
+    """Turns joined by a newline; each target turn is followed by the eos token, which it owns."""
+    eos = tokenizer.eos_token or ""
+    parts: list[str] = []
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    for i, message in enumerate(example.messages):
+        sep = PLAIN_SEPARATOR if i > 0 else ""
+        start = pos + len(sep)
+        end = start + len(message.content)
+        tail = eos if message.is_target else ""
+        parts.append(sep + message.content + tail)
+        pos = end + len(tail)
+        if message.is_target:
+            spans.append((start, end))
+    return "".join(parts), spans
+
+
+def _special_ids(tokenizer) -> set[int]:
+    ids = set(tokenizer.all_special_ids)
+    for token_id, added in getattr(tokenizer, "added_tokens_decoder", {}).items():
+        if added.special:
+            ids.add(token_id)
+    return ids
+
+
+def label_tokens(
+    input_ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]],
+    special_ids: set[int], text: str,
+) -> list[int]:
+    """Labels for one render: a token is a target when its chars overlap a span; the first special
+    token after a span (skipping whitespace-only scaffolding) is the turn's end-of-turn token."""
+    labels = [IGNORE_INDEX] * len(input_ids)
+    j = 0
+    for span_start, span_end in spans:
+        while j < len(input_ids) and offsets[j][1] <= span_start:
+            j += 1
+        last = -1
+        while j < len(input_ids) and offsets[j][0] < span_end:
+            start, end = offsets[j]
+            if end > start and end > span_start:  # zero-width tokens carry no response text
+                labels[j] = input_ids[j]
+                last = j
+            j += 1
+        if last < 0:
+            continue
+        k = last + 1
+        while k < len(input_ids) and input_ids[k] not in special_ids and not text[offsets[k][0]:offsets[k][1]].strip():
+            k += 1
+        if k < len(input_ids) and input_ids[k] in special_ids:
+            labels[k] = input_ids[k]
+    # Position 0 has no prefix to be predicted from.
+    if labels:
+        labels[0] = IGNORE_INDEX
+    return labels
+
+
+class Renderer:
+    """Turns examples into `Rendered` for one tokenizer and template; holds the per-tokenizer state."""
+
+    def __init__(self, tokenizer, template: str = "auto", max_length: int | None = None):
+        if not getattr(tokenizer, "is_fast", False):
+            raise ConfigError("the tokenizer is not a fast tokenizer; tokensft needs offsets (tokenizer.json)")
+        self.tokenizer = tokenizer
+        self.template = resolve_template(template, tokenizer)
+        self.max_length = max_length
+        self.special_ids = _special_ids(tokenizer)
+
+    def __call__(self, example: Example, where: str) -> Rendered:
+        if example.kind == "text" or self.template == "plain":
+            text, spans = plain_spans(example, self.tokenizer)
+            add_special = True  # the plain render gets the tokenizer's own BOS, if it adds one
+        else:
+            text, spans = chat_spans(example, self.tokenizer, where)
+            add_special = False  # the template already wrote every special token it wants
+        enc = self.tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
+        input_ids = list(enc["input_ids"])
+        labels = label_tokens(input_ids, list(enc["offset_mapping"]), spans, self.special_ids, text)
+        truncated = self.max_length is not None and len(input_ids) > self.max_length
+        if truncated:
+            input_ids, labels = input_ids[: self.max_length], labels[: self.max_length]
+        return Rendered(input_ids=input_ids, labels=labels, truncated=truncated)

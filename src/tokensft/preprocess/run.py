@@ -1,0 +1,216 @@
+"""`tokensft score`: read -> normalize -> render -> score -> write shards, resumable and sharded.
+
+    rows    = iter_rows(INPUT)                     # SourceRow(index, where, record | error)
+    chunk k = rows [k*S, (k+1)*S)                  # S = --shard-size; rank r owns k % world == r
+    for each chunk of this rank without a shard:
+        examples = to_example(row) -> Renderer     # invalid rows: error, or skipped and counted
+        scored   = Scorer.score(examples)          # length-bucketed batches
+        write_shard(k)                             # atomic; a killed run redoes only chunk k
+    finish(DIR) when every chunk has its shard     # the last rank to end does it
+
+The shards depend only on the input, model, tokenizer and render settings (the run identity),
+never on the number of ranks or on interruptions, so any resumed or multi-rank run yields
+exactly the rows of one clean single-process run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tokensft import __version__
+from tokensft.errors import ConfigError, InputError
+from tokensft.preprocess import output
+from tokensft.preprocess.formats import FormatSpec, detect_format, to_example
+from tokensft.preprocess.progress import Progress
+from tokensft.preprocess.readers import SourceRow, count_rows, detect_kind, input_fingerprint, iter_rows
+from tokensft.preprocess.render import Renderer
+from tokensft.preprocess.scorer import Scorer
+from tokensft.preprocess.shards import add_stats, build_table, empty_stats, write_shard
+from tokensft.schema import SCHEMA_VERSION, scored_schema
+
+
+@dataclass
+class ScoreConfig:
+    """Everything `tokensft score` takes; the CLI fills it from flags (help text lives in cli.py)."""
+
+    input: str
+    output: str
+    model: str = "smollm2-135m-instruct"
+    format: FormatSpec = field(default_factory=FormatSpec)
+    input_format: str | None = None  # jsonl | json | parquet | csv | hf-disk; None = by extension
+    template: str = "auto"
+    max_length: int | None = None
+    top_k: int = 0
+    batch_tokens: int = 8192
+    chunk_size: int = 512  # target rows per lm_head + log-softmax chunk
+    shard_size: int = 1000  # input rows per shard
+    dtype: str = "auto"
+    device: str = "auto"
+    rank: int = 0
+    world_size: int = 1
+    overwrite: bool = False
+    resume: bool = True
+    skip_invalid: bool = False
+    quiet: bool = False
+    command: str = ""
+
+    def validate(self) -> None:
+        if self.max_length is not None and self.max_length < 2:
+            raise ConfigError(f"--max-length {self.max_length}: must be at least 2")
+        if self.top_k < 0:
+            raise ConfigError(f"--top-k {self.top_k}: must be >= 0")
+        if self.batch_tokens < 1 or self.chunk_size < 1 or self.shard_size < 1:
+            raise ConfigError("--batch-tokens, --chunk-size and --shard-size must be positive")
+        if not 0 <= self.rank < self.world_size:
+            raise ConfigError(f"--rank {self.rank} --world-size {self.world_size}: need 0 <= rank < world size")
+
+
+def _fingerprint(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _detect(config: ScoreConfig, kind: str) -> str:
+    """The record format: given, or detected on the first parseable record of the whole input
+    (the same record for every rank and every resume, so all agree)."""
+    if config.format.format != "auto":
+        return config.format.format
+    for row in iter_rows(config.input, kind=kind):
+        if row.record is not None:
+            return detect_format(row.record, config.format, row.where)
+    raise InputError(config.input, None, "no parseable record to detect the format from", fix="check the file")
+
+
+def _validate(config: ScoreConfig, kind: str, fmt: str) -> None:
+    """Parse and normalize every row once (no model), raising the first InputError."""
+    for row in iter_rows(config.input, kind=kind):
+        if row.error is not None:
+            raise row.error
+        to_example(row.record, config.format, row.where, fmt)
+
+
+def score(config: ScoreConfig) -> dict:
+    """Run (or resume) the scoring of this rank's chunks; finish the dataset if all are done.
+
+    Returns a summary dict: status, output, this rank's counts and, when finished, the metadata.
+    """
+    from tokensft.preprocess.models import load_model, tokenizer_fingerprint  # deferred: imports torch
+
+    config.validate()
+    kind = config.input_format or detect_kind(config.input)
+    fmt = _detect(config, kind)
+    num_rows = count_rows(config.input, kind=kind)
+    if not config.skip_invalid:
+        _validate(config, kind, fmt)  # seconds, before hours of scoring: fail on row 50,000 now
+    loaded = load_model(config.model, dtype=config.dtype, device=config.device)
+    renderer = Renderer(loaded.tokenizer, config.template, config.max_length)
+    identity = {
+        "schema_version": SCHEMA_VERSION,
+        "input_fingerprint": input_fingerprint(config.input),
+        "model_hash": loaded.content_hash,
+        "tokenizer_fingerprint": tokenizer_fingerprint(loaded.tokenizer),
+        "format": fmt,
+        "format_spec": asdict(config.format),
+        "template": renderer.template,
+        "max_length": config.max_length,
+        "top_k": config.top_k,
+        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "shard_size": config.shard_size,
+        "skip_invalid": config.skip_invalid,
+    }
+    metadata = {
+        "schema_version": SCHEMA_VERSION,
+        "tokensft_version": __version__,
+        "model": {"name": loaded.name, "content_hash": loaded.content_hash},
+        "tokenizer_fingerprint": identity["tokenizer_fingerprint"],
+        "render": {"format": fmt, "template": renderer.template, **asdict(config.format)},
+        "max_length": config.max_length,
+        "top_k": config.top_k,
+        "dtype": identity["dtype"],
+        "device": str(loaded.device),
+        "input": {"path": str(config.input), "kind": kind, "fingerprint": identity["input_fingerprint"], "rows": num_rows},
+        "command": config.command,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    num_chunks = -(-num_rows // config.shard_size)
+    run = {"identity": identity, "metadata": metadata, "num_chunks": num_chunks, "fingerprint": _fingerprint(identity)}
+    directory = Path(config.output)
+    status = output.prepare(directory, run, config.overwrite, config.resume)
+    if status == "finished":
+        return {"status": "finished", "output": str(directory), "metadata": output.finish(directory)}
+    with output.RankLock(directory, config.rank):
+        pending = [k for k in output.missing_chunks(directory, num_chunks) if k % config.world_size == config.rank]
+        totals = _score_chunks(config, kind, fmt, renderer, Scorer(
+            loaded.model, top_k=config.top_k, batch_tokens=config.batch_tokens, chunk_size=config.chunk_size,
+        ), scored_schema(config.top_k, identity), directory, set(pending), num_rows)
+    summary = {"status": status, "output": str(directory), "rank": config.rank, "counts": totals}
+    if not output.missing_chunks(directory, num_chunks):
+        summary["metadata"] = output.finish(directory, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        summary["status"] = "finished"
+    else:
+        summary["status"] = "rank-done"
+    return summary
+
+
+def _score_chunks(config, kind, fmt, renderer, scorer, schema, directory, pending, num_rows) -> dict:
+    """Score every chunk in `pending`, streaming the input once; returns this rank's counts."""
+    totals = empty_stats()
+    rows_todo = sum(min(config.shard_size, num_rows - k * config.shard_size) for k in pending)
+    progress = Progress(total_rows=rows_todo, disable=config.quiet)
+    chunk_rows: list[SourceRow] = []
+    current = None
+    for row in iter_rows(config.input, kind=kind):
+        k = row.index // config.shard_size
+        if k != current and chunk_rows:
+            totals = add_stats(totals, _score_chunk(config, fmt, renderer, scorer, schema, directory, current, chunk_rows, progress))
+            chunk_rows = []
+        current = k
+        if k in pending:
+            chunk_rows.append(row)
+    if chunk_rows:
+        totals = add_stats(totals, _score_chunk(config, fmt, renderer, scorer, schema, directory, current, chunk_rows, progress))
+    progress.close()
+    return totals
+
+
+def _score_chunk(config, fmt, renderer, scorer, schema, directory, chunk, rows, progress) -> dict:
+    stats = empty_stats()
+    stats["read"] = len(rows)
+    ids, rendered = [], []
+    for row in rows:
+        try:
+            if row.error is not None:
+                raise row.error
+            example = to_example(row.record, config.format, row.where, fmt)
+            result = renderer(example, row.where)
+            if not any(label >= 0 for label in result.labels):
+                reason = "no_targets_after_truncation" if result.truncated else "no_targets"
+                _skip(stats, reason, row, config, always=True)
+                continue
+        except InputError as exc:
+            if not config.skip_invalid:
+                raise
+            _skip(stats, exc.reason, row, config)
+            continue
+        ids.append(example.id)
+        rendered.append(result)
+    scored = scorer.score(rendered)
+    table = build_table(ids, scored, schema)
+    stats["written"] = len(scored)
+    stats["truncated"] = sum(r.truncated for r in rendered)
+    stats["tokens"] = sum(len(r.input_ids) for r in rendered)
+    stats["targets"] = sum(len(s.target_positions) for s in scored)
+    write_shard(directory, chunk, table, stats)
+    progress.update(rows=len(rows), targets=stats["targets"])
+    return stats
+
+
+def _skip(stats: dict, reason: str, row: SourceRow, config: ScoreConfig, always: bool = False) -> None:
+    """Count a skipped row by reason; rows with no targets are always skipped (and counted)."""
+    stats["skipped"][reason] = stats["skipped"].get(reason, 0) + 1
+    if not config.quiet and always:
+        print(f"warning: {row.where}: skipped, {reason.replace('_', ' ')}", file=sys.stderr)

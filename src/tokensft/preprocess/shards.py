@@ -1,0 +1,122 @@
+"""Shard files of a scored dataset: Arrow tables built from scored examples, written atomically.
+
+Chunk k of the input (rows [k*S, (k+1)*S)) becomes `data-{k:05d}.arrow`, an Arrow IPC stream as
+`datasets` writes it. A shard is written under a temporary name, fsynced and renamed, so a shard
+that exists is complete: that is what resume and merge rely on. Each shard carries its own
+counts (rows read, written, skipped by reason, tokens, targets) in its schema metadata, so the
+finished dataset's counts are the sum over shards with no other bookkeeping to keep in step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from tokensft.preprocess.scorer import ScoredExample
+from tokensft.schema import METADATA_KEY
+
+CHUNK_KEY = b"tokensft_chunk"
+SHARD_RE = re.compile(r"^data-(\d{5,})\.arrow$")
+
+
+def shard_name(chunk: int) -> str:
+    return f"data-{chunk:05d}.arrow"
+
+
+def finished_chunks(directory: Path) -> set[int]:
+    """Chunks whose shard exists (complete by construction: shards appear only by rename)."""
+    if not directory.is_dir():
+        return set()
+    return {int(m.group(1)) for p in directory.iterdir() if (m := SHARD_RE.match(p.name))}
+
+
+def _offsets(lengths: Sequence[int]) -> pa.Array:
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.array(offsets)
+
+
+def _list_array(lengths: Sequence[int], values: np.ndarray | pa.Array, value_type: pa.DataType) -> pa.Array:
+    if not isinstance(values, pa.Array):
+        values = pa.array(values, type=value_type)
+    return pa.ListArray.from_arrays(_offsets(lengths), values)
+
+
+def _cat(arrays: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros(0, dtype=dtype)
+
+
+def build_table(ids: Sequence[str], scored: Sequence[ScoredExample], schema: pa.Schema) -> pa.Table:
+    """One Arrow table from scored examples, column by column (no Python loop per token)."""
+    lengths = [len(s.rendered.input_ids) for s in scored]
+    num_targets = np.array([len(s.target_positions) for s in scored], dtype=np.int32)
+    mean_logprob = np.array(
+        [float(np.mean(s.logprob[s.target_positions])) if len(s.target_positions) else np.nan for s in scored],
+        dtype=np.float32,
+    )
+    columns = {
+        "id": pa.array(list(ids), type=pa.string()),
+        "input_ids": _list_array(lengths, _cat([np.asarray(s.rendered.input_ids) for s in scored], np.int32), pa.int32()),
+        "labels": _list_array(lengths, _cat([np.asarray(s.rendered.labels) for s in scored], np.int32), pa.int32()),
+        "logprob": _list_array(lengths, _cat([s.logprob for s in scored], np.float32), pa.float32()),
+        "entropy": _list_array(lengths, _cat([s.entropy for s in scored], np.float32), pa.float32()),
+        "rank": _list_array(lengths, _cat([s.rank for s in scored], np.int32), pa.int32()),
+    }
+    if "topk_ids" in schema.names:
+        inner_counts = []
+        for s in scored:
+            counts = np.zeros(len(s.rendered.input_ids), dtype=np.int32)  # [] at non-targets
+            counts[s.target_positions] = s.topk_ids.shape[1] if s.topk_ids is not None else 0
+            inner_counts.append(counts)
+        flat_counts = _cat(inner_counts, np.int32)
+        ids_values = _cat([s.topk_ids.reshape(-1) for s in scored], np.int32)
+        lp_values = _cat([s.topk_logprobs.reshape(-1) for s in scored], np.float16)
+        # list<list<..>>: outer offsets by example, inner offsets by token (K at targets, 0 elsewhere)
+        columns["topk_ids"] = _list_array(lengths, _list_array(flat_counts, ids_values, pa.int32()), None)
+        columns["topk_logprobs"] = _list_array(lengths, _list_array(flat_counts, lp_values, pa.float16()), None)
+    columns["num_tokens"] = pa.array(np.array(lengths, dtype=np.int32))
+    columns["num_targets"] = pa.array(num_targets)
+    columns["mean_logprob"] = pa.array(mean_logprob)
+    columns["truncated"] = pa.array([s.rendered.truncated for s in scored], type=pa.bool_())
+    return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
+
+
+def write_shard(directory: Path, chunk: int, table: pa.Table, stats: dict) -> Path:
+    """Write chunk `chunk` atomically: temp file, fsync, rename. Returns the final path."""
+    schema = table.schema.with_metadata({**(table.schema.metadata or {}), CHUNK_KEY: json.dumps(stats).encode()})
+    final = directory / shard_name(chunk)
+    tmp = directory / f".{final.name}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as sink:
+        with pa.ipc.new_stream(sink, schema) as writer:
+            writer.write_table(table.replace_schema_metadata(schema.metadata), max_chunksize=1000)
+        sink.flush()
+        os.fsync(sink.fileno())
+    os.replace(tmp, final)
+    return final
+
+
+def read_shard_info(path: Path) -> tuple[dict, dict]:
+    """(run metadata, chunk stats) from a shard's schema, without reading its rows."""
+    with pa.memory_map(str(path)) as source:
+        meta = pa.ipc.open_stream(source).schema.metadata or {}
+    return json.loads(meta.get(METADATA_KEY, b"{}")), json.loads(meta.get(CHUNK_KEY, b"{}"))
+
+
+def empty_stats() -> dict:
+    return {"read": 0, "written": 0, "skipped": {}, "truncated": 0, "tokens": 0, "targets": 0}
+
+
+def add_stats(total: dict, part: dict) -> dict:
+    """Sum two stats dicts (skipped is a dict of counts by reason)."""
+    out = {key: total.get(key, 0) + part.get(key, 0) for key in ("read", "written", "truncated", "tokens", "targets")}
+    skipped = dict(total.get("skipped", {}))
+    for reason, n in part.get("skipped", {}).items():
+        skipped[reason] = skipped.get(reason, 0) + n
+    out["skipped"] = dict(sorted(skipped.items()))
+    return out
