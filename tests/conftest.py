@@ -27,6 +27,7 @@ CORPUS = [
     "Hello there! Hi, how can I help you today? Tell me a joke about cats.",
     "def add(a, b):\n    return a + b\n\nprint(add(1, 2))",
     "Line one.\nLine two.\n\nA new paragraph with numbers 10, 20 and 300.",
+    "So the total is 2+1=<<2+1=3>>3 bolts.\n#### 3",
 ] * 4
 
 CHATML = (

@@ -141,7 +141,9 @@ def test_empty_parquet_and_dataset_dir_have_no_records(tmp_path):
 def test_non_utf8_bytes_name_the_line(tmp_path):
     path = tmp_path / "latin.jsonl"
     path.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
-    err = error_of(path)
+    rows = list(iter_rows(path))  # JSONL lines are independent: a bad line is a bad (skippable) row
+    assert rows[0].record == {"text": "ok"} and rows[1].record is None and rows[1].error.reason == "encoding"
+    err = rows[1].error
     assert str(err).startswith("latin.jsonl line 2: is not valid UTF-8")
     assert "re-encode the file as UTF-8" in str(err)
     json_path = tmp_path / "latin.json"

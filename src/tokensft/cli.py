@@ -96,15 +96,16 @@ def _cmd_score(args) -> int:
 
 def _print_summary(summary: dict) -> None:
     counts = summary.get("metadata", {}).get("counts") or summary.get("counts", {})
-    skipped = sum(counts.get("skipped", {}).values())
+    skipped = counts.get("skipped", {})
+    by_reason = f" ({', '.join(f'{k} {v:,}' for k, v in skipped.items())})" if skipped else ""
     if summary["status"] == "finished":
         print(f"scored dataset: {summary['output']}")
     else:
         print(f"rank {summary.get('rank')} done; other ranks still running; `tokensft merge {summary['output']}` when all end")
     if counts:
         print(
-            f"  rows read {counts['read']:,}, written {counts['written']:,}, skipped {skipped:,} "
-            f"{counts.get('skipped') or ''}, truncated {counts['truncated']:,}; "
+            f"  rows read {counts['read']:,}, written {counts['written']:,}, skipped {sum(skipped.values()):,}"
+            f"{by_reason}, truncated {counts['truncated']:,}; "
             f"tokens {counts['tokens']:,}, targets {counts['targets']:,}"
         )
 

@@ -173,7 +173,7 @@ def _decode_line(raw: bytes, line_no: int, name: str) -> str:
 
 def _not_utf8(where: str, e: UnicodeDecodeError) -> InputError:
     return InputError(where, None, f"is not valid UTF-8 (byte 0x{e.object[e.start]:02x})",
-                      fix="re-encode the file as UTF-8", reason="encoding")
+                      fix=f"re-encode the file as UTF-8, {SKIP_HINT}", reason="encoding")
 
 
 def _type_name(value) -> str:
@@ -188,7 +188,12 @@ def _iter_jsonl(path: Path, name: str) -> Iterator[SourceRow]:
     index = 0
     with _open_binary(path, name) as f:
         for line_no, raw in enumerate(f, start=1):
-            text = _decode_line(raw, line_no, name).strip()
+            try:
+                text = _decode_line(raw, line_no, name).strip()
+            except InputError as error:  # lines are independent: a bad one is a bad row, skippable
+                yield SourceRow(index, error.where, None, error)
+                index += 1
+                continue
             if not text:
                 continue  # blank lines are not rows, but they still count toward line numbers
             where = f"{name} line {line_no}"

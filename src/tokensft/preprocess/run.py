@@ -101,6 +101,9 @@ def score(config: ScoreConfig) -> dict:
     from tokensft.preprocess.models import load_model, tokenizer_fingerprint  # deferred: imports torch
 
     config.validate()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bar is the one to watch; theirs interleaves on stderr
     kind = config.input_format or detect_kind(config.input)
     fmt = _detect(config, kind)
     num_rows = count_rows(config.input, kind=kind)
@@ -127,7 +130,7 @@ def score(config: ScoreConfig) -> dict:
         "tokensft_version": __version__,
         "model": {"name": loaded.name, "content_hash": loaded.content_hash},
         "tokenizer_fingerprint": identity["tokenizer_fingerprint"],
-        "render": {"format": fmt, "template": renderer.template, **asdict(config.format)},
+        "render": {**asdict(config.format), "format": fmt, "template": renderer.template},
         "max_length": config.max_length,
         "top_k": config.top_k,
         "dtype": identity["dtype"],
