@@ -121,3 +121,29 @@ def test_chat_template_required_for_chat():
     with pytest.raises(ConfigError, match="no chat template"):
         Renderer(tokenizer, "chat")
     assert Renderer(tokenizer, "auto").template == "plain"
+
+
+def test_trimming_template_never_matches_a_later_turn():
+    """Llama-3-style templates trim the content: "Yes\n" is rendered "Yes", and the untrimmed text
+    occurs in the next user turn. The search is bounded by the render up to this turn."""
+    tokenizer = TOKENIZERS["bpe"]()
+    tokenizer.chat_template = tokenizer.chat_template.replace("m['content']", "(m['content'] | trim)")
+    record = {"messages": [
+        {"role": "user", "content": "Q"}, {"role": "assistant", "content": "Yes\n"},
+        {"role": "user", "content": "Say Yes\nplease"}, {"role": "assistant", "content": "Ok"},
+    ]}
+    example = to_example(record, FormatSpec(), "r", "messages")
+    rendered = Renderer(tokenizer, "chat")(example, "r")
+    runs = target_runs(rendered.input_ids, rendered.labels)
+    assert [tokenizer.decode(run) for run in runs] == ["Yes<|im_end|>", "Ok<|im_end|>"]
+
+
+def test_template_error_is_an_input_error():
+    from tokensft.errors import InputError
+
+    tokenizer = TOKENIZERS["bpe"]()
+    tokenizer.chat_template = "{{ raise_exception('Conversation roles must alternate user/assistant') }}"
+    example = to_example({"prompt": "a", "response": "b"}, FormatSpec(), "data.jsonl line 3", "prompt-response")
+    with pytest.raises(InputError, match="data.jsonl line 3: the chat template rejects this conversation: Conversation roles") as info:
+        Renderer(tokenizer, "chat")(example, "data.jsonl line 3")
+    assert info.value.reason == "template"

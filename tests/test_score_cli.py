@@ -201,3 +201,24 @@ def test_non_utf8_and_skip_invalid_counts(tmp_path, tiny_dirs, capsys):
     assert main([*args, "--skip-invalid"]) == 0
     counts = tokensft.load_metadata(tmp_path / "o")["counts"]
     assert counts["written"] == 2 and counts["skipped"] == {"encoding": 1, "missing_field": 1}
+
+
+def test_chunk_without_rows_still_finishes(tmp_path, tiny_dirs):
+    """A line the row count sees but the reader drops (only an ideographic space) leaves a chunk
+    with no rows: it gets an empty shard, and the output finishes."""
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in QA[:3]) + "\u3000\n", encoding="utf-8")
+    code = main(["score", str(data), "--model", str(tiny_dirs["bpe"]), "-o", str(tmp_path / "o"), "-q", "--shard-size", "3"])
+    assert code == 0 and len(tokensft.load(tmp_path / "o")) == 3
+
+
+def test_output_that_is_a_file_is_one_line(tmp_path, tiny_dirs, capsys):
+    (tmp_path / "taken").write_text("x")
+    code, _ = score_cli(tmp_path, tiny_dirs["bpe"], name="taken")
+    err = capsys.readouterr().err
+    assert code == 2 and "taken" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_several_ranks_refuse_overwrite(tmp_path, tiny_dirs, capsys):
+    code, _ = score_cli(tmp_path, tiny_dirs["bpe"], "--rank", "0", "--world-size", "2", "--overwrite")
+    assert code == 2 and "delete the output directory first" in capsys.readouterr().err

@@ -20,12 +20,15 @@ from tokensft.errors import EXIT_USAGE, TokensftError
 
 def _env_rank() -> tuple[int, int]:
     """(rank, world_size) as torchrun or a Slurm array sets them; (0, 1) otherwise."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if "SLURM_ARRAY_TASK_ID" in os.environ and "SLURM_ARRAY_TASK_COUNT" in os.environ:
-        # Slurm array ids may start at any value: rank is the offset from the array's minimum.
-        offset = int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
-        return int(os.environ["SLURM_ARRAY_TASK_ID"]) - offset, int(os.environ["SLURM_ARRAY_TASK_COUNT"])
+    try:
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+            return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        if "SLURM_ARRAY_TASK_ID" in os.environ and "SLURM_ARRAY_TASK_COUNT" in os.environ:
+            # Slurm array ids may start at any value: rank is the offset from the array's minimum.
+            offset = int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+            return int(os.environ["SLURM_ARRAY_TASK_ID"]) - offset, int(os.environ["SLURM_ARRAY_TASK_COUNT"])
+    except ValueError:
+        pass  # a malformed variable: --rank/--world-size must be given, and validation says so
     return 0, 1
 
 
@@ -57,8 +60,8 @@ def _add_score(sub) -> None:
                    help="auto: the model's chat template when it has one, else plain text")
     r.add_argument("--max-length", type=int, help="keep the first N tokens; truncated examples are flagged and counted")
     r.add_argument("--top-k", type=int, default=0, help="also store the K most likely ids and log-probs per target")
-    r.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per forward batch (default %(default)s)")
-    r.add_argument("--chunk-size", type=int, default=512, help="target rows per lm_head/log-softmax chunk (memory)")
+    r.add_argument("--batch-tokens", type=int, help="padded tokens per forward batch (default: 8192 on CUDA, 1024 on CPU)")
+    r.add_argument("--chunk-size", type=int, default=256, help="target rows per lm_head/log-softmax chunk (memory; default %(default)s)")
     r.add_argument("--shard-size", type=int, default=1000, help="input rows per output shard (unit of resume)")
     r.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -87,7 +90,7 @@ def _cmd_score(args) -> int:
         template=args.template, max_length=args.max_length, top_k=args.top_k, batch_tokens=args.batch_tokens,
         chunk_size=args.chunk_size, shard_size=args.shard_size, dtype=args.dtype, device=args.device,
         rank=args.rank, world_size=args.world_size, overwrite=args.overwrite, resume=args.resume, skip_invalid=args.skip_invalid,
-        quiet=args.quiet, command=shlex.join(["tokensft", *sys.argv[1:]]),
+        quiet=args.quiet, command=shlex.join(["tokensft", *args.argv]),
     )
     summary = score(config)
     _print_summary(summary)
@@ -152,11 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded in the output's metadata
     try:
         return args.func(args)
     except TokensftError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # unwritable output, disk full, a path that is a file: one line, no traceback
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)

@@ -18,6 +18,8 @@ import fcntl
 import json
 import os
 import shutil
+import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,11 +29,22 @@ from tokensft.schema import METADATA_FILE
 
 STATE_DIR = ".tokensft"
 RUN_FILE = "run.json"
-OUR_FILES = {METADATA_FILE, "dataset_info.json", "state.json", STATE_DIR}
+OUTPUT_LOCK = ".tokensft.lock"  # never deleted: serializes prepare/finish across ranks and runs
+OUR_FILES = {METADATA_FILE, "dataset_info.json", "state.json", STATE_DIR, OUTPUT_LOCK}
+
+
+def _is_ours(name: str) -> bool:
+    """tokensft's own files, including temp files a killed run may have left (".x.tmp-...")."""
+    return name in OUR_FILES or bool(SHARD_RE.match(name)) or (name.startswith(".") and ".tmp-" in name)
+
+
+def temp_path(path: Path) -> Path:
+    """A sibling temp name unique across processes and hosts (pids collide across nodes)."""
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
@@ -63,8 +76,8 @@ def prepare(directory: Path, run: dict, overwrite: bool, resume: bool = True) ->
     """
     directory.mkdir(parents=True, exist_ok=True)
     existing = read_run(directory)
-    ours = [p for p in directory.iterdir() if p.name in OUR_FILES or SHARD_RE.match(p.name) or p.name.startswith(".data-")]
-    foreign = [p.name for p in directory.iterdir() if p not in ours]
+    ours = [p for p in directory.iterdir() if _is_ours(p.name) and p.name != OUTPUT_LOCK]
+    foreign = [p.name for p in directory.iterdir() if not _is_ours(p.name)]
     if foreign:
         raise ConfigError(
             f"{directory}: not an empty directory or a tokensft output (found {', '.join(sorted(foreign)[:3])}); "
@@ -72,12 +85,17 @@ def prepare(directory: Path, run: dict, overwrite: bool, resume: bool = True) ->
         )
     same = existing is not None and existing["identity"] == run["identity"]
     if same and resume and not overwrite:
+        for path in ours:  # temp files of a killed run; live writers hold rank locks, checked below
+            if path.name.startswith(".") and ".tmp-" in path.name and not _rank_locked(directory):
+                path.unlink(missing_ok=True)
         return "finished" if is_finished(directory) else "resume"
     if ours and not overwrite and not same:
         what = "a different scoring run" if existing else "tokensft files without run state"
         changed = _changed_keys(existing["identity"], run["identity"]) if existing else []
         hint = f" (differs in: {', '.join(changed)})" if changed else ""
         raise ConfigError(f"{directory} holds {what}{hint}; pass --overwrite to replace it, or choose another --output")
+    if _rank_locked(directory):
+        raise ConfigError(f"{directory}: another tokensft run is writing this output; wait for it or stop it")
     for path in ours:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     (directory / STATE_DIR).mkdir(exist_ok=True)
@@ -87,6 +105,36 @@ def prepare(directory: Path, run: dict, overwrite: bool, resume: bool = True) ->
 
 def _changed_keys(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _rank_locked(directory: Path) -> bool:
+    """Whether any process holds a rank lock on this output right now."""
+    for path in (directory / STATE_DIR).glob("lock-rank*"):
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+class OutputLock:
+    """A blocking flock on DIR/.tokensft.lock around prepare and finish (short critical sections)."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / OUTPUT_LOCK
+        self.file = None
+
+    def __enter__(self) -> OutputLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a+")
+        fcntl.flock(self.file, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
 
 
 class RankLock:
@@ -120,6 +168,10 @@ def missing_chunks(directory: Path, num_chunks: int) -> list[int]:
     return [k for k in range(num_chunks) if k not in done]
 
 
+def load_finished(directory: Path) -> dict:
+    return json.loads((directory / METADATA_FILE).read_text(encoding="utf-8"))
+
+
 def finish(directory: Path, extra_metadata: dict | None = None) -> dict:
     """Write tokensft.json, dataset_info.json and state.json once every chunk has its shard.
 
@@ -139,7 +191,10 @@ def finish(directory: Path, extra_metadata: dict | None = None) -> dict:
     for k in range(run["num_chunks"]):
         _, stats = read_shard_info(directory / shard_name(k))
         totals = add_stats(totals, stats)
-    meta = {**run["metadata"], **(extra_metadata or {}), "counts": totals, "num_shards": run["num_chunks"]}
+    meta = {
+        **run["metadata"], **(extra_metadata or {}), "counts": totals, "num_shards": run["num_chunks"],
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     write_json_atomic(directory / METADATA_FILE, meta)
     write_json_atomic(directory / "dataset_info.json", _dataset_info(directory, run))
     write_json_atomic(directory / "state.json", _state(run))

@@ -47,47 +47,57 @@ def _as_dicts(messages: tuple[Message, ...] | list[Message]) -> list[dict]:
     return [{"role": m.role, "content": m.content} for m in messages]
 
 
-def _chat_text(tokenizer, messages, generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(
-        _as_dicts(messages), tokenize=False, add_generation_prompt=generation_prompt
-    )
+def _chat_text(tokenizer, messages, where: str, generation_prompt: bool = False) -> str:
+    try:
+        return tokenizer.apply_chat_template(
+            _as_dicts(messages), tokenize=False, add_generation_prompt=generation_prompt
+        )
+    except Exception as exc:  # jinja2 raises its own errors, e.g. "roles must alternate user/assistant"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(where, None, f"the chat template rejects this conversation: {first}",
+                         fix="fix the conversation, or use --template plain", reason="template") from None
 
 
 def chat_spans(example: Example, tokenizer, where: str) -> tuple[str, list[tuple[int, int]]]:
     """The chat-template render and the char spans of its target messages.
 
-    Each assistant message is searched in the full render after the render of the conversation
-    before it (with the generation prompt), so a response that repeats the prompt's text is never
-    matched inside the prompt. Templates that strip the content are handled by a stripped search.
+    Assistant turn i is searched between two bounds: the render of the turns before it (with the
+    generation prompt) and the render of the turns up to it. A response that repeats text of the
+    prompt, or of a later turn, is thus never matched there. Where a template renders earlier turns
+    differently in a longer conversation (so the prefix is not a prefix), the bounds fall back to
+    the previous match and the end of the text. Non-target turns are not searched at all.
     """
     messages = example.messages
-    text = _chat_text(tokenizer, messages)
+    text = _chat_text(tokenizer, messages, where)
     spans: list[tuple[int, int]] = []
     cursor = 0
     for i, message in enumerate(messages):
-        if message.role != "assistant":
+        if message.role != "assistant" or not message.is_target:
             continue
-        lower = cursor
+        lower, upper = cursor, len(text)
         if i > 0:
-            prefix = _chat_text(tokenizer, messages[:i], generation_prompt=True)
+            prefix = _chat_text(tokenizer, messages[:i], where, generation_prompt=True)
             if text.startswith(prefix):
                 lower = max(lower, len(prefix))
-        start, end = _find(text, message.content, lower)
+        through = _chat_text(tokenizer, messages[: i + 1], where)
+        if text.startswith(through):
+            upper = len(through)
+        start, end = _find(text, message.content, lower, upper)
         if start < 0:
             raise InputError(
-                where, "messages", f"the chat template does not reproduce assistant turn {i} verbatim",
+                where, None, f"the chat template does not reproduce assistant turn {i} verbatim",
                 fix="use --template plain, or a model whose template keeps the response text", reason="template",
             )
         cursor = end
-        if message.is_target:
-            spans.append((start, end))
+        spans.append((start, end))
     return text, spans
 
 
-def _find(text: str, content: str, lower: int) -> tuple[int, int]:
+def _find(text: str, content: str, lower: int, upper: int) -> tuple[int, int]:
+    """The first match of the content (else of its stripped form) within text[lower:upper]."""
     for needle in (content, content.strip()):
         if needle:
-            pos = text.find(needle, lower)
+            pos = text.find(needle, lower, upper)
             if pos >= 0:
                 return pos, pos + len(needle)
     return -1, -1

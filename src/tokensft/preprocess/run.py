@@ -46,8 +46,8 @@ class ScoreConfig:
     template: str = "auto"
     max_length: int | None = None
     top_k: int = 0
-    batch_tokens: int = 8192
-    chunk_size: int = 512  # target rows per lm_head + log-softmax chunk
+    batch_tokens: int | None = None  # None: 1024 on CPU, 8192 on CUDA (see scorer.default_batch_tokens)
+    chunk_size: int = 256  # target rows per lm_head + log-softmax chunk
     shard_size: int = 1000  # input rows per shard
     dtype: str = "auto"
     device: str = "auto"
@@ -64,10 +64,13 @@ class ScoreConfig:
             raise ConfigError(f"--max-length {self.max_length}: must be at least 2")
         if self.top_k < 0:
             raise ConfigError(f"--top-k {self.top_k}: must be >= 0")
-        if self.batch_tokens < 1 or self.chunk_size < 1 or self.shard_size < 1:
+        if (self.batch_tokens is not None and self.batch_tokens < 1) or self.chunk_size < 1 or self.shard_size < 1:
             raise ConfigError("--batch-tokens, --chunk-size and --shard-size must be positive")
         if not 0 <= self.rank < self.world_size:
             raise ConfigError(f"--rank {self.rank} --world-size {self.world_size}: need 0 <= rank < world size")
+        if self.world_size > 1 and (self.overwrite or not self.resume):
+            # every rank would wipe the output, deleting shards the others just wrote
+            raise ConfigError("--overwrite/--no-resume with several ranks: delete the output directory first instead")
 
 
 def _fingerprint(identity: dict) -> str:
@@ -142,20 +145,23 @@ def score(config: ScoreConfig) -> dict:
     num_chunks = -(-num_rows // config.shard_size)
     run = {"identity": identity, "metadata": metadata, "num_chunks": num_chunks, "fingerprint": _fingerprint(identity)}
     directory = Path(config.output)
-    status = output.prepare(directory, run, config.overwrite, config.resume)
+    with output.OutputLock(directory):
+        status = output.prepare(directory, run, config.overwrite, config.resume)
     if status == "finished":
-        return {"status": "finished", "output": str(directory), "metadata": output.finish(directory)}
+        return {"status": "finished", "output": str(directory), "metadata": output.load_finished(directory)}
     with output.RankLock(directory, config.rank):
         pending = [k for k in output.missing_chunks(directory, num_chunks) if k % config.world_size == config.rank]
         totals = _score_chunks(config, kind, fmt, renderer, Scorer(
             loaded.model, top_k=config.top_k, batch_tokens=config.batch_tokens, chunk_size=config.chunk_size,
         ), scored_schema(config.top_k, identity), directory, set(pending), num_rows)
     summary = {"status": status, "output": str(directory), "rank": config.rank, "counts": totals}
-    if not output.missing_chunks(directory, num_chunks):
-        summary["metadata"] = output.finish(directory, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        summary["status"] = "finished"
-    else:
-        summary["status"] = "rank-done"
+    with output.OutputLock(directory):
+        if output.is_finished(directory):  # another rank finished it meanwhile
+            summary.update(status="finished", metadata=output.load_finished(directory))
+        elif not output.missing_chunks(directory, num_chunks):
+            summary.update(status="finished", metadata=output.finish(directory))
+        else:
+            summary["status"] = "rank-done"
     return summary
 
 
@@ -176,6 +182,10 @@ def _score_chunks(config, kind, fmt, renderer, scorer, schema, directory, pendin
             chunk_rows.append(row)
     if chunk_rows:
         totals = add_stats(totals, _score_chunk(config, fmt, renderer, scorer, schema, directory, current, chunk_rows, progress))
+    for k in sorted(pending - output.finished_chunks(directory)):
+        # the row count promised rows this chunk never got (e.g. a line only of odd whitespace):
+        # an empty shard keeps the output finishable, and the counts show what was read
+        _score_chunk(config, fmt, renderer, scorer, schema, directory, k, [], progress)
     progress.close()
     return totals
 
@@ -201,7 +211,7 @@ def _score_chunk(config, fmt, renderer, scorer, schema, directory, chunk, rows, 
             continue
         ids.append(example.id)
         rendered.append(result)
-    scored = scorer.score(rendered)
+    scored = scorer.score(rendered) if rendered else []
     table = build_table(ids, scored, schema)
     stats["written"] = len(scored)
     stats["truncated"] = sum(r.truncated for r in rendered)

@@ -36,6 +36,12 @@ class ScoredExample:
     topk_logprobs: np.ndarray | None  # (n, K) float32
 
 
+def default_batch_tokens(device: torch.device) -> int:
+    """Padded tokens per batch: large on GPUs (throughput), small on CPUs, where bigger batches
+    only add padding and cache misses (measured: 1k-token batches are 1.3x faster than 8k)."""
+    return 8192 if device.type == "cuda" else 1024
+
+
 def plan_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     """Group example indices into batches of at most `max_tokens` padded tokens (B * T_max).
 
@@ -59,14 +65,14 @@ def plan_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
 class Scorer:
     """Scores lists of `Rendered` examples with one model; keeps nothing between calls but the check."""
 
-    def __init__(self, model, top_k: int = 0, batch_tokens: int = 8192, chunk_size: int = 512):
+    def __init__(self, model, top_k: int = 0, batch_tokens: int | None = None, chunk_size: int = 256):
         self.model = model
         self.backbone = model.get_decoder()
         self.head = LogitHead(model)
         self.top_k = top_k
-        self.batch_tokens = batch_tokens
-        self.chunk_size = chunk_size
         self.device = next(model.parameters()).device
+        self.batch_tokens = batch_tokens or default_batch_tokens(self.device)
+        self.chunk_size = chunk_size
         self.checked = False
 
     @torch.inference_mode()
@@ -89,26 +95,39 @@ class Scorer:
             labels[b, :n] = torch.tensor(example.labels)
             mask[b, :n] = 1
         padded = bool((mask == 0).any())
-        hidden = self.backbone(
-            input_ids=input_ids.to(self.device),
-            attention_mask=mask.to(self.device) if padded else None,  # None keeps SDPA's causal fast path
-            use_cache=False,
-        ).last_hidden_state  # (B, T, H)
+        try:
+            hidden = self.backbone(
+                input_ids=input_ids.to(self.device),
+                attention_mask=mask.to(self.device) if padded else None,  # None keeps SDPA's causal fast path
+                use_cache=False,
+            ).last_hidden_state  # (B, T, H)
+        except torch.OutOfMemoryError:
+            raise ModelError(
+                f"out of memory on a batch of {len(batch)} x {width} tokens; "
+                "lower --batch-tokens (or --max-length)"
+            ) from None
         rows, cols = torch.nonzero(labels != IGNORE_INDEX, as_tuple=True)  # (N,), (N,); cols >= 1
         targets = labels[rows, cols].to(self.device)  # (N,)
         h_tgt = hidden[rows.to(self.device), cols.to(self.device) - 1]  # (N, H): state before each target
         scores = score_hidden(h_tgt, targets, self.head, self.top_k, self.chunk_size)
+        if not torch.isfinite(scores.logprob).all() or not torch.isfinite(scores.entropy).all():
+            raise ModelError(
+                f"non-finite log-probs in a batch of {len(batch)} examples (dtype {hidden.dtype}); "
+                "the model overflows at this precision: use --dtype float32"
+            )
         if not self.checked:
-            self._check_against_full_forward(batch[0], scores.logprob[rows == 0])
+            shortest = min(range(len(batch)), key=lambda b: len(batch[b].input_ids))
+            self._check_against_full_forward(batch[shortest], scores.logprob[rows == shortest])
             self.checked = True
         return self._split(batch, rows.numpy(), cols.numpy(), scores)
 
     def _split(self, batch, rows, cols, scores) -> list[ScoredExample]:
         logprob, entropy, rank = scores.logprob.numpy(), scores.entropy.numpy(), scores.rank.numpy()
         out = []
+        bounds = np.searchsorted(rows, np.arange(len(batch) + 1))  # nonzero() yields rows in order
         for b, example in enumerate(batch):
             n = len(example.input_ids)
-            sel = rows == b
+            sel = slice(bounds[b], bounds[b + 1])
             pos = cols[sel]
             lp = np.full(n, np.nan, dtype=np.float32)
             ent = np.full(n, np.nan, dtype=np.float32)
@@ -119,13 +138,16 @@ class Scorer:
             out.append(ScoredExample(example, lp, ent, rk, pos.astype(np.int64), topk_ids, topk_lp))
         return out
 
-    def _check_against_full_forward(self, example: Rendered, logprob: torch.Tensor) -> None:
-        """Compare the gathered-hidden path with `model(input_ids).logits` on one example."""
-        ids = torch.tensor([example.input_ids], device=self.device)
-        logits = self.model(input_ids=ids, use_cache=False).logits[0].float()  # (T, V), one example only
+    def _check_against_full_forward(self, example: Rendered, logprob: torch.Tensor, max_len: int = 256) -> None:
+        """Compare the gathered-hidden path with `model(input_ids).logits` on the first `max_len`
+        tokens of one example (causal: a prefix scores the same), so the check stays small."""
+        n = min(len(example.input_ids), max_len)
+        ids = torch.tensor([example.input_ids[:n]], device=self.device)
+        logits = self.model(input_ids=ids, use_cache=False).logits[0].float()  # (n, V), one short example
         reference = torch.log_softmax(logits[:-1], dim=-1)  # row t-1 predicts token t
-        labels = torch.tensor(example.labels, device=self.device)
+        labels = torch.tensor(example.labels[:n], device=self.device)
         pos = torch.nonzero(labels != IGNORE_INDEX).squeeze(1)
+        logprob = logprob[: len(pos)]
         expected = reference[pos - 1, labels[pos]].cpu()
         # Batched and padded vs one unpadded sequence: fp32 agrees to ~1e-5, half precision only roughly.
         tolerance = 1e-3 if next(self.model.parameters()).dtype == torch.float32 else 0.25

@@ -62,7 +62,10 @@ def score_logits(logits: torch.Tensor, targets: torch.Tensor, top_k: int) -> Tok
     log_z = torch.logsumexp(logits, dim=-1, keepdim=True)  # (c, 1)
     logprob_all = logits.sub_(log_z)  # (c, V), in place: logits are not needed again
     logprob = (target_logit - log_z).squeeze(1)  # (c,)
-    entropy = -(logprob_all.exp() * logprob_all).sum(dim=-1)  # (c,)
+    # xlogy(p, p) is 0 where p == 0, so a -inf logit (masked vocab) gives no 0 * -inf = NaN
+    probs = logprob_all.exp()  # (c, V)
+    entropy = -torch.special.xlogy(probs, probs).sum(dim=-1)  # (c,)
+    del probs
     topk_ids = topk_logprobs = None
     if top_k > 0:
         values, indices = torch.topk(logprob_all, k=min(top_k, logits.shape[-1]), dim=-1)  # (c, K)

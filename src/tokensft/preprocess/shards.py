@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -91,13 +92,17 @@ def write_shard(directory: Path, chunk: int, table: pa.Table, stats: dict) -> Pa
     """Write chunk `chunk` atomically: temp file, fsync, rename. Returns the final path."""
     schema = table.schema.with_metadata({**(table.schema.metadata or {}), CHUNK_KEY: json.dumps(stats).encode()})
     final = directory / shard_name(chunk)
-    tmp = directory / f".{final.name}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as sink:
-        with pa.ipc.new_stream(sink, schema) as writer:
-            writer.write_table(table.replace_schema_metadata(schema.metadata), max_chunksize=1000)
-        sink.flush()
-        os.fsync(sink.fileno())
-    os.replace(tmp, final)
+    tmp = directory / f".{final.name}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        with open(tmp, "wb") as sink:
+            with pa.ipc.new_stream(sink, schema) as writer:
+                writer.write_table(table.replace_schema_metadata(schema.metadata), max_chunksize=1000)
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # interrupted or failed (disk full): leave no partial file
+        raise
     return final
 
 
