@@ -1,6 +1,6 @@
 """Throughput and peak memory of `tokensft score` against a bare forward loop, side by side.
 
-    python benchmarks/bench_score.py [--data FILE] [--n 128] [--batch-tokens 8192]
+    python benchmarks/bench_score.py [--data FILE] [--n 128] [--batch-tokens N]
 
 Methods, each in its own fresh process over the same examples (rendered the same way, batched
 the same way) so peak memory is measured per method:
@@ -8,7 +8,10 @@ the same way) so peak memory is measured per method:
   score     tokensft score (the full command: read, render, score, write shards), no top-k
   score-k20 the same with --top-k 20
   naive     per example: model(ids).logits -> full-vocab log_softmax -> logprob/entropy/rank
-Every method's time includes loading the model (from the tokensft cache) and rendering.
+  score-8k  tokensft score with batches of 8192 tokens: the peak-memory target
+Every method's time includes loading the model (from the tokensft cache) and rendering; batches
+default to what `tokensft score` uses on the device (1024 tokens on CPU). Peak memory is the
+process's peak RSS minus its RSS right after the model was loaded.
 Data: ../shared/data/gsm8k/test.jsonl when present (GSM8K test, MIT), else the demo data.
 """
 
@@ -61,15 +64,32 @@ def rendered_examples(path: Path, tokenizer):
     return out
 
 
-def method_bare(path: Path, model_name: str, batch_tokens: int) -> dict:
+MODEL_RSS: list[float] = []
+
+
+def record_model_rss() -> None:
+    """Wrap load_model so every method records its RSS right after the model is loaded."""
+    from tokensft.preprocess import models
+
+    original = models.load_model
+
+    def load_and_measure(*args, **kwargs):
+        loaded = original(*args, **kwargs)
+        MODEL_RSS.append(rss_mb())
+        return loaded
+
+    models.load_model = load_and_measure
+
+
+def method_bare(path: Path, model_name: str, batch_tokens: int | None) -> dict:
     import torch
 
-    from tokensft.preprocess.models import load_model
-    from tokensft.preprocess.scorer import plan_batches
+    from tokensft.preprocess import models
+    from tokensft.preprocess.scorer import default_batch_tokens, plan_batches
 
-    loaded = load_model(model_name)
-    model_rss = rss_mb()
+    loaded = models.load_model(model_name)
     examples = rendered_examples(path, loaded.tokenizer)
+    batch_tokens = batch_tokens or default_batch_tokens(loaded.device)
     with torch.inference_mode():
         for batch in plan_batches([len(e.input_ids) for e in examples], batch_tokens):
             width = max(len(examples[i].input_ids) for i in batch)
@@ -79,15 +99,15 @@ def method_bare(path: Path, model_name: str, batch_tokens: int) -> dict:
                 ids[b, : len(examples[i].input_ids)] = torch.tensor(examples[i].input_ids)
                 mask[b, : len(examples[i].input_ids)] = 1
             loaded.model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (B, T, V)
-    return {"model_rss_mb": model_rss, **_counts(examples)}
+    return _counts(examples)
 
 
-def method_naive(path: Path, model_name: str, batch_tokens: int) -> dict:
+def method_naive(path: Path, model_name: str, batch_tokens: int | None) -> dict:
     import torch
 
-    from tokensft.preprocess.models import load_model
+    from tokensft.preprocess import models
 
-    loaded = load_model(model_name)
+    loaded = models.load_model(model_name)
     examples = rendered_examples(path, loaded.tokenizer)
     with torch.inference_mode():
         for e in examples:
@@ -102,7 +122,7 @@ def method_naive(path: Path, model_name: str, batch_tokens: int) -> dict:
     return _counts(examples)
 
 
-def method_score(path: Path, model_name: str, batch_tokens: int, top_k: int) -> dict:
+def method_score(path: Path, model_name: str, batch_tokens: int | None, top_k: int) -> dict:
     from tokensft.preprocess.run import ScoreConfig, score
 
     with tempfile.TemporaryDirectory() as out:
@@ -123,15 +143,18 @@ def child(args) -> None:
     import torch  # noqa: F401  (imported before timing: import time is not scoring time)
     import transformers  # noqa: F401
 
+    record_model_rss()
     start = time.perf_counter()
     path = Path(args.data)
     if args.method == "bare":
         result = method_bare(path, args.model, args.batch_tokens)
     elif args.method == "naive":
         result = method_naive(path, args.model, args.batch_tokens)
+    elif args.method == "score-8k":
+        result = method_score(path, args.model, 8192, 0)
     else:
         result = method_score(path, args.model, args.batch_tokens, 20 if args.method == "score-k20" else 0)
-    result.update(seconds=time.perf_counter() - start, peak_rss_mb=peak_mb())
+    result.update(seconds=time.perf_counter() - start, peak_rss_mb=peak_mb(), model_rss_mb=MODEL_RSS[0])
     print(json.dumps(result))
 
 
@@ -140,8 +163,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(GSM8K if GSM8K.exists() else DEMO))
     parser.add_argument("--n", type=int, default=128, help="examples (the data is cycled if shorter)")
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--batch-tokens", type=int, default=8192)
-    parser.add_argument("--methods", default="bare,score,score-k20,naive")
+    parser.add_argument("--batch-tokens", type=int, help="default: what tokensft score uses on this device")
+    parser.add_argument("--methods", default="bare,score,score-k20,naive,score-8k")
     parser.add_argument("--method", help=argparse.SUPPRESS)  # internal: run one method in a child
     args = parser.parse_args()
     if args.method:
@@ -153,25 +176,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         data = subset(Path(args.data), args.n, Path(workdir))
         for method in args.methods.split(","):
-            cmd = [sys.executable, __file__, "--method", method, "--data", str(data), "--model", args.model,
-                   "--batch-tokens", str(args.batch_tokens)]
+            cmd = [sys.executable, __file__, "--method", method, "--data", str(data), "--model", args.model]
+            cmd += ["--batch-tokens", str(args.batch_tokens)] if args.batch_tokens else []
             done = subprocess.run(cmd, check=True, capture_output=True, text=True)
             results[method] = json.loads(done.stdout.strip().splitlines()[-1])
             r = results[method]
             print(f"{method:<10} {r['seconds']:7.1f} s  {r['tokens'] / r['seconds']:8.0f} tok/s  "
-                  f"{r['targets'] / r['seconds']:7.0f} target tok/s  peak RSS {r['peak_rss_mb']:7.0f} MB", flush=True)
-    print(f"\n{args.n} examples of {Path(args.data).name}, {results['bare']['tokens']:,} tokens, "
-          f"{results['bare']['targets']:,} targets, batches of {args.batch_tokens} tokens, {os.cpu_count()} CPUs")
-    bare = results["bare"]
-    for method in ("score", "score-k20", "naive"):
-        if method in results:
-            print(f"throughput {method:<10} / bare forward: {bare['seconds'] / results[method]['seconds']:.2f}x")
-    if "score" in results:
-        print(f"naive / score speed-up: {results['naive']['seconds'] / results['score']['seconds']:.2f}x" if "naive" in results else "")
-        model = bare["model_rss_mb"]
-        for method in ("bare", "score", "score-k20"):
+                  f"{r['targets'] / r['seconds']:7.0f} target tok/s  peak RSS {r['peak_rss_mb']:6.0f} MB "
+                  f"= model {r['model_rss_mb']:.0f} MB + {r['peak_rss_mb'] - r['model_rss_mb']:.0f} MB", flush=True)
+    first = next(iter(results.values()))
+    print(f"\n{args.n} examples of {Path(args.data).name}: {first['tokens']:,} tokens, {first['targets']:,} targets; "
+          f"batch tokens {args.batch_tokens or 'default'}; {os.cpu_count()} CPUs")
+    if "bare" in results:
+        for method in ("score", "score-k20", "naive", "score-8k"):
             if method in results:
-                print(f"peak memory {method:<10} model {model:.0f} MB + {results[method]['peak_rss_mb'] - model:.0f} MB")
+                print(f"throughput {method:<9} / bare forward: {results['bare']['seconds'] / results[method]['seconds']:.2f}x")
+    if "score" in results and "naive" in results:
+        print(f"throughput score     / naive loop:   {results['naive']['seconds'] / results['score']['seconds']:.2f}x")
 
 
 if __name__ == "__main__":
