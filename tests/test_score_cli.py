@@ -222,3 +222,12 @@ def test_output_that_is_a_file_is_one_line(tmp_path, tiny_dirs, capsys):
 def test_several_ranks_refuse_overwrite(tmp_path, tiny_dirs, capsys):
     code, _ = score_cli(tmp_path, tiny_dirs["bpe"], "--rank", "0", "--world-size", "2", "--overwrite")
     assert code == 2 and "delete the output directory first" in capsys.readouterr().err
+
+
+def test_default_max_length_is_the_model_context(tmp_path, tiny_dirs):
+    long = {"question": "Write a lot.", "answer": "The cat naps, then naps again! " * 200}
+    code, out = score_cli(tmp_path, tiny_dirs["bpe"], records=[QA[0], long])
+    meta = tokensft.load_metadata(out)
+    ds = tokensft.load(out)
+    assert code == 0 and meta["max_length"] == 512  # the tiny model's max_position_embeddings
+    assert ds["num_tokens"][1] == 512 and ds["truncated"] == [False, True] and meta["counts"]["truncated"] == 1

@@ -58,7 +58,7 @@ def _add_score(sub) -> None:
     r = p.add_argument_group("rendering and scoring")
     r.add_argument("--template", default="auto", choices=["auto", "chat", "plain"],
                    help="auto: the model's chat template when it has one, else plain text")
-    r.add_argument("--max-length", type=int, help="keep the first N tokens; truncated examples are flagged and counted")
+    r.add_argument("--max-length", type=int, help="keep the first N tokens (default: the model's context length); truncated examples are flagged and counted")
     r.add_argument("--top-k", type=int, default=0, help="also store the K most likely ids and log-probs per target")
     r.add_argument("--batch-tokens", type=int, help="padded tokens per forward batch (default: 8192 on CUDA, 1024 on CPU)")
     r.add_argument("--chunk-size", type=int, default=256, help="target rows per lm_head/log-softmax chunk (memory; default %(default)s)")

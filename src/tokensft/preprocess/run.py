@@ -113,7 +113,10 @@ def score(config: ScoreConfig) -> dict:
     if not config.skip_invalid:
         _validate(config, kind, fmt)  # seconds, before hours of scoring: fail on row 50,000 now
     loaded = load_model(config.model, dtype=config.dtype, device=config.device)
-    renderer = Renderer(loaded.tokenizer, config.template, config.max_length)
+    # Without --max-length, cap at the model's context: past it positions are meaningless (and
+    # memory explodes); such examples are truncated, flagged and counted like any other.
+    max_length = config.max_length or getattr(loaded.model.config, "max_position_embeddings", None)
+    renderer = Renderer(loaded.tokenizer, config.template, max_length)
     identity = {
         "schema_version": SCHEMA_VERSION,
         "input_fingerprint": input_fingerprint(config.input),
@@ -122,7 +125,7 @@ def score(config: ScoreConfig) -> dict:
         "format": fmt,
         "format_spec": asdict(config.format),
         "template": renderer.template,
-        "max_length": config.max_length,
+        "max_length": max_length,
         "top_k": config.top_k,
         "dtype": str(loaded.dtype).removeprefix("torch."),
         "shard_size": config.shard_size,
@@ -134,7 +137,7 @@ def score(config: ScoreConfig) -> dict:
         "model": {"name": loaded.name, "content_hash": loaded.content_hash},
         "tokenizer_fingerprint": identity["tokenizer_fingerprint"],
         "render": {**asdict(config.format), "format": fmt, "template": renderer.template},
-        "max_length": config.max_length,
+        "max_length": max_length,
         "top_k": config.top_k,
         "dtype": identity["dtype"],
         "device": str(loaded.device),
