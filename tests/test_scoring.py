@@ -111,3 +111,22 @@ def test_plan_batches_respects_budget_and_covers_all():
     for b in batches:
         assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 128
     assert [6] in batches  # longer than the budget: alone
+
+
+@pytest.mark.slow
+def test_real_embedded_model_equals_naive():
+    """SmolLM2-135M-Instruct (the embedded default), chat template, batched vs naive."""
+    from tokensft.preprocess.models import load_model
+
+    loaded = load_model("smollm2-135m-instruct")
+    renderer = Renderer(loaded.tokenizer)
+    rendered = [renderer(e, e.id) for e in examples()]
+    scored = Scorer(loaded.model, top_k=5, batch_tokens=4096).score(rendered)
+    for r, s in zip(rendered, scored):
+        ref = naive_scores(loaded.model, r.input_ids, r.labels, top_k=5)
+        np.testing.assert_allclose(s.logprob[ref["pos"]], ref["logprob"], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(s.entropy[ref["pos"]], ref["entropy"], atol=1e-4, rtol=0)
+        np.testing.assert_array_equal(s.rank[ref["pos"]], ref["rank"])
+        np.testing.assert_allclose(s.topk_logprobs, ref["topk_logprobs"], atol=1e-4, rtol=0)
+        # the end-of-turn token closes every response
+        assert loaded.tokenizer.convert_ids_to_tokens(r.labels[s.target_positions[-1]]) == "<|im_end|>"

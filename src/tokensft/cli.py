@@ -101,7 +101,9 @@ def _print_summary(summary: dict) -> None:
     counts = summary.get("metadata", {}).get("counts") or summary.get("counts", {})
     skipped = counts.get("skipped", {})
     by_reason = f" ({', '.join(f'{k} {v:,}' for k, v in skipped.items())})" if skipped else ""
-    if summary["status"] == "finished":
+    if summary["status"] == "already-finished":
+        print(f"scored dataset: {summary['output']} (already complete with this config; --no-resume to redo it)")
+    elif summary["status"] == "finished":
         print(f"scored dataset: {summary['output']}")
     else:
         print(f"rank {summary.get('rank')} done; other ranks still running; `tokensft merge {summary['output']}` when all end")

@@ -151,7 +151,7 @@ def score(config: ScoreConfig) -> dict:
     with output.OutputLock(directory):
         status = output.prepare(directory, run, config.overwrite, config.resume)
     if status == "finished":
-        return {"status": "finished", "output": str(directory), "metadata": output.load_finished(directory)}
+        return {"status": "already-finished", "output": str(directory), "metadata": output.load_finished(directory)}
     with output.RankLock(directory, config.rank):
         pending = [k for k in output.missing_chunks(directory, num_chunks) if k % config.world_size == config.rank]
         totals = _score_chunks(config, kind, fmt, renderer, Scorer(
