@@ -44,6 +44,7 @@ from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError  #
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast  # noqa: E402
 
 from tokensft.errors import ModelError  # noqa: E402
+from tokensft.fileio import atomic_write  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -336,14 +337,12 @@ def _read_hash_cache() -> dict[str, str]:
 def _write_hash_cache(cache: dict[str, str]) -> None:
     """Write atomically, so a concurrent reader sees the old or the new file, never half of one."""
     path = cache_dir() / "file_hashes.json"
-    tmp = path.with_name(f".file_hashes-{uuid.uuid4().hex[:8]}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(cache, indent=0, sort_keys=True))
-        os.replace(tmp, path)
+        with atomic_write(path, "w", encoding="utf-8") as f:
+            f.write(json.dumps(cache, indent=0, sort_keys=True))
     except OSError as e:
         logger.warning("cannot write the hash cache %s (%s); weights will be rehashed next time", path, e)
-        tmp.unlink(missing_ok=True)
 
 
 def _first_line(e: BaseException) -> str:

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import shutil
 import time
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 
+import pyarrow as pa
+
 from tokensft.errors import ConfigError
+from tokensft.fileio import atomic_write
 from tokensft.preprocess.shards import SHARD_RE, add_stats, empty_stats, finished_chunks, read_shard_info, shard_name
 from tokensft.schema import METADATA_FILE
 
@@ -38,19 +39,10 @@ def _is_ours(name: str) -> bool:
     return name in OUR_FILES or bool(SHARD_RE.match(name)) or (name.startswith(".") and ".tmp-" in name)
 
 
-def temp_path(path: Path) -> Path:
-    """A sibling temp name unique across processes and hosts (pids collide across nodes)."""
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
-
-
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = temp_path(path)
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_run(directory: Path) -> dict | None:
@@ -204,10 +196,7 @@ def finish(directory: Path, extra_metadata: dict | None = None) -> dict:
 def _dataset_info(directory: Path, run: dict) -> dict:
     import datasets  # deferred: ~1 s import
 
-    path = directory / shard_name(0)
-    import pyarrow as pa
-
-    with pa.memory_map(str(path)) as source:
+    with pa.memory_map(str(directory / shard_name(0))) as source:
         schema = pa.ipc.open_stream(source).schema
     info = datasets.DatasetInfo(
         description="Token-level scores written by tokensft score; see tokensft.json.",

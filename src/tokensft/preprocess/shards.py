@@ -10,15 +10,14 @@ finished dataset's counts are the sum over shards with no other bookkeeping to k
 from __future__ import annotations
 
 import json
-import os
 import re
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from tokensft.fileio import atomic_write
 from tokensft.preprocess.scorer import ScoredExample
 from tokensft.schema import METADATA_KEY
 
@@ -89,20 +88,12 @@ def build_table(ids: Sequence[str], scored: Sequence[ScoredExample], schema: pa.
 
 
 def write_shard(directory: Path, chunk: int, table: pa.Table, stats: dict) -> Path:
-    """Write chunk `chunk` atomically: temp file, fsync, rename. Returns the final path."""
+    """Write chunk `chunk` atomically (temp file, fsync, rename). Returns the final path."""
     schema = table.schema.with_metadata({**(table.schema.metadata or {}), CHUNK_KEY: json.dumps(stats).encode()})
     final = directory / shard_name(chunk)
-    tmp = directory / f".{final.name}.tmp-{uuid.uuid4().hex[:12]}"
-    try:
-        with open(tmp, "wb") as sink:
-            with pa.ipc.new_stream(sink, schema) as writer:
-                writer.write_table(table.replace_schema_metadata(schema.metadata), max_chunksize=1000)
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # interrupted or failed (disk full): leave no partial file
-        raise
+    with atomic_write(final, "wb") as sink:
+        with pa.ipc.new_stream(sink, schema) as writer:
+            writer.write_table(table.replace_schema_metadata(schema.metadata), max_chunksize=1000)
     return final
 
 
