@@ -231,3 +231,21 @@ def test_default_max_length_is_the_model_context(tmp_path, tiny_dirs):
     ds = tokensft.load(out)
     assert code == 0 and meta["max_length"] == 512  # the tiny model's max_position_embeddings
     assert ds["num_tokens"][1] == 512 and ds["truncated"] == [False, True] and meta["counts"]["truncated"] == 1
+
+
+def test_resume_keeps_temp_files_of_a_live_writer(tmp_path):
+    from tokensft.preprocess.output import OutputLock, prepare
+
+    run = {"identity": {"x": 1}, "metadata": {}, "num_chunks": 1, "fingerprint": "f"}
+    out = tmp_path / "out"
+    with OutputLock(out):
+        assert prepare(out, run, overwrite=False) == "new"
+    tmp = out / ".data-00000.arrow.tmp-abc"
+    tmp.write_bytes(b"being written")
+    with RankLock(out, 1):  # another process writing rank 1 right now
+        with OutputLock(out):
+            assert prepare(out, run, overwrite=False) == "resume"
+        assert tmp.exists()
+    with OutputLock(out):
+        assert prepare(out, run, overwrite=False) == "resume"
+    assert not tmp.exists()  # nobody writing: a leftover, removed

@@ -60,7 +60,9 @@ def is_finished(directory: Path) -> bool:
 
 
 def prepare(directory: Path, run: dict, overwrite: bool, resume: bool = True) -> str:
-    """Make `directory` ready for `run` (a JSON-able dict with key "identity").
+    """Make `directory` ready for `run` (a JSON-able dict with key "identity"). Call it holding
+    the OutputLock, and take the RankLock in the same section, so that probing the rank locks
+    here never races with a rank taking its own.
 
     Returns "new", "resume" or "finished". Refuses a directory holding a different run or
     foreign files unless `overwrite`, in which case only tokensft's own files are removed.
@@ -77,9 +79,10 @@ def prepare(directory: Path, run: dict, overwrite: bool, resume: bool = True) ->
         )
     same = existing is not None and existing["identity"] == run["identity"]
     if same and resume and not overwrite:
-        for path in ours:  # temp files of a killed run; live writers hold rank locks, checked below
-            if path.name.startswith(".") and ".tmp-" in path.name and not _rank_locked(directory):
-                path.unlink(missing_ok=True)
+        if not _rank_locked(directory):  # nobody is writing: temp files are a killed run's leftovers
+            for path in ours:
+                if path.name.startswith(".") and ".tmp-" in path.name:
+                    path.unlink(missing_ok=True)
         return "finished" if is_finished(directory) else "resume"
     if ours and not overwrite and not same:
         what = "a different scoring run" if existing else "tokensft files without run state"

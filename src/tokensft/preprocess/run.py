@@ -19,6 +19,7 @@ import hashlib
 import json
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -148,11 +149,12 @@ def score(config: ScoreConfig) -> dict:
     num_chunks = -(-num_rows // config.shard_size)
     run = {"identity": identity, "metadata": metadata, "num_chunks": num_chunks, "fingerprint": _fingerprint(identity)}
     directory = Path(config.output)
-    with output.OutputLock(directory):
-        status = output.prepare(directory, run, config.overwrite, config.resume)
-    if status == "finished":
-        return {"status": "already-finished", "output": str(directory), "metadata": output.load_finished(directory)}
-    with output.RankLock(directory, config.rank):
+    with ExitStack() as held:
+        with output.OutputLock(directory):
+            status = output.prepare(directory, run, config.overwrite, config.resume)
+            if status == "finished":
+                return {"status": "already-finished", "output": str(directory), "metadata": output.load_finished(directory)}
+            held.enter_context(output.RankLock(directory, config.rank))
         pending = [k for k in output.missing_chunks(directory, num_chunks) if k % config.world_size == config.rank]
         totals = _score_chunks(config, kind, fmt, renderer, Scorer(
             loaded.model, top_k=config.top_k, batch_tokens=config.batch_tokens, chunk_size=config.chunk_size,
