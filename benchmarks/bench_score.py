@@ -172,6 +172,10 @@ def main() -> None:
     from tokensft.preprocess.models import load_model
 
     load_model(args.model)  # fetch/convert once, outside any timing
+    probe = [sys.executable, "-c", "import time, torch, transformers; from tokensft.preprocess.models import load_model; "
+             "t = time.perf_counter(); load_model(%r); print(time.perf_counter() - t)" % args.model]
+    load_s = float(subprocess.run(probe, check=True, capture_output=True, text=True).stdout.split()[-1])
+    print(f"model load from the tokensft cache (fresh process, imports excluded): {load_s:.2f} s", flush=True)
     results = {}
     with tempfile.TemporaryDirectory() as workdir:
         data = subset(Path(args.data), args.n, Path(workdir))
