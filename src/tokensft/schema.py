@@ -37,10 +37,6 @@ IGNORE_INDEX = -100
 METADATA_FILE = "tokensft.json"
 METADATA_KEY = b"tokensft"  # key of the run metadata (JSON) in each shard's Arrow schema
 
-TOKEN_COLUMNS = ("input_ids", "labels", "logprob", "entropy", "rank")
-TOPK_COLUMNS = ("topk_ids", "topk_logprobs")
-EXAMPLE_COLUMNS = ("num_tokens", "num_targets", "mean_logprob", "truncated")
-
 
 def scored_schema(top_k: int, metadata: dict | None = None) -> pa.Schema:
     """The explicit schema of a scored shard (never inferred from the first row)."""
