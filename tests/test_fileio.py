@@ -23,3 +23,17 @@ def test_interrupted_write_leaves_old_file_and_no_temp(tmp_path, error):
             f.write("half")
             raise error
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_exchange_dirs_swaps_whole_directories(tmp_path):
+    from tokensft.fileio import exchange_dirs
+
+    current, new = tmp_path / "data", tmp_path / ".data.new"
+    current.mkdir()
+    new.mkdir()
+    (current / "a").write_text("old")
+    (new / "a").write_text("new")
+    (new / "b").write_text("only new")
+    exchange_dirs(new, current)
+    assert (current / "a").read_text() == "new" and (current / "b").is_file()
+    assert (new / "a").read_text() == "old" and not (new / "b").exists()

@@ -189,6 +189,9 @@ def test_tokenizer_fingerprint(tmp_path):
     reloaded("the cat sat on the mat", max_length=3, truncation=True)  # leaves state in the backend
     assert m.tokenizer_fingerprint(reloaded) == fingerprint
     assert m.tokenizer_fingerprint(tiny_tokenizer(template=TEMPLATE + " ")) != fingerprint
+    token_only = m.tokenizer_fingerprint(tokenizer, chat_template=False)
+    assert m.tokenizer_fingerprint(tiny_tokenizer(template=TEMPLATE + " "), chat_template=False) == token_only
+    assert m.tokenizer_fingerprint(tiny_tokenizer(corpus=CORPUS + ["a dog ran"]), chat_template=False) != token_only
     assert m.tokenizer_fingerprint(tiny_tokenizer(corpus=CORPUS + ["a dog ran"])) != fingerprint
     tokenizer.add_tokens(["<extra>"])
     assert m.tokenizer_fingerprint(tokenizer) != fingerprint

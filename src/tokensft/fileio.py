@@ -32,3 +32,41 @@ def atomic_write(path: Path, mode: str = "wb", encoding: str | None = None) -> I
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _renameat2_exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux renameat2(RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # not glibc >= 2.28 / not Linux
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95):  # EINVAL / ENOSYS / EOPNOTSUPP: this filesystem cannot exchange
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def exchange_dirs(new: Path, current: Path) -> None:
+    """Put directory `new` in place of `current`, leaving the old contents at `new`.
+
+    On Linux this is one atomic renameat2(RENAME_EXCHANGE): a reader opening `current` sees the
+    old directory or the new one, complete. Elsewhere it falls back to two renames, with a moment
+    in which `current` does not exist (never a half-written one).
+    """
+    if _renameat2_exchange(new, current):
+        return
+    aside = temp_sibling(current)
+    os.replace(current, aside)
+    os.replace(new, current)
+    os.replace(aside, new)

@@ -19,6 +19,22 @@ position t describes token t as predicted from tokens < t.
 | num_targets     | int32                 | number of positions with labels != -100                   |
 | mean_logprob    | float32               | mean logprob over targets                                 |
 | truncated       | bool                  | the render was cut at --max-length                        |
+| kind            | string                | "chat" (through a chat template) or "text" (plain)        |
+| messages        | list<struct<role, content, target>> | the normalized conversation, so another    |
+|                 |                       | model can re-render it in its own template (references)   |
+
+Columns added by `tokensft enrich` (or `score --mask/--ref/--teacher`), provenance in tokensft.json
+under "enrichment":
+
+| column                   | type                | meaning                                             |
+|--------------------------|---------------------|-----------------------------------------------------|
+| mask_<name>              | list<int8>          | 1 = train on this token; always 0 where labels=-100 |
+| ref_<name>_mean_logprob  | float32             | reference model's mean target log-prob (PoFT s_ref) |
+| ref_<name>_num_targets   | int32               | its number of targets, in its own tokenization      |
+| ref_mean_logprob         | float32             | mean over the references present (NaN: none valid)  |
+| teacher_logprob          | list<float32>       | teacher log p of each target; NaN elsewhere         |
+| teacher_topk_ids         | list<list<int32>>   | the teacher's K most likely ids; [] at non-targets  |
+| teacher_topk_logprobs    | list<list<float16>> | their log-probs                                     |
 
 Bump SCHEMA_VERSION on any change to names, types or meaning, and update every reader.
 """
@@ -32,10 +48,13 @@ import pyarrow as pa
 
 from tokensft.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: kind + messages columns, enrichment columns, token_fingerprint
 IGNORE_INDEX = -100
 METADATA_FILE = "tokensft.json"
 METADATA_KEY = b"tokensft"  # key of the run metadata (JSON) in each shard's Arrow schema
+MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string()), ("target", pa.bool_())])
+TOPK_IDS_TYPE = pa.list_(pa.list_(pa.int32()))
+TOPK_LOGPROBS_TYPE = pa.list_(pa.list_(pa.float16()))
 
 
 def scored_schema(top_k: int, metadata: dict | None = None) -> pa.Schema:
@@ -50,17 +69,40 @@ def scored_schema(top_k: int, metadata: dict | None = None) -> pa.Schema:
     ]
     if top_k > 0:
         fields += [
-            pa.field("topk_ids", pa.list_(pa.list_(pa.int32()))),
-            pa.field("topk_logprobs", pa.list_(pa.list_(pa.float16()))),
+            pa.field("topk_ids", TOPK_IDS_TYPE),
+            pa.field("topk_logprobs", TOPK_LOGPROBS_TYPE),
         ]
     fields += [
         pa.field("num_tokens", pa.int32()),
         pa.field("num_targets", pa.int32()),
         pa.field("mean_logprob", pa.float32()),
         pa.field("truncated", pa.bool_()),
+        pa.field("kind", pa.string()),
+        pa.field("messages", pa.list_(MESSAGE_TYPE)),
     ]
     meta = {METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()} if metadata else None
     return pa.schema(fields, metadata=meta)
+
+
+def enrichment_field(column: str) -> pa.Field:
+    """The Arrow field of an enrichment column, by its name (see the table above)."""
+    if column.startswith("mask_"):
+        return pa.field(column, pa.list_(pa.int8()))
+    if column == "ref_mean_logprob" or (column.startswith("ref_") and column.endswith("_mean_logprob")):
+        return pa.field(column, pa.float32())
+    if column.startswith("ref_") and column.endswith("_num_targets"):
+        return pa.field(column, pa.int32())
+    types = {"teacher_logprob": pa.list_(pa.float32()), "teacher_topk_ids": TOPK_IDS_TYPE,
+             "teacher_topk_logprobs": TOPK_LOGPROBS_TYPE}
+    if column in types:
+        return pa.field(column, types[column])
+    raise AssertionError(f"not an enrichment column: {column}")
+
+
+def enrichment_order(column: str) -> tuple[int, str]:
+    """Sort key placing enrichment columns after the scored ones: masks, references, teacher."""
+    group = 0 if column.startswith("mask_") else 2 if column.startswith("teacher_") else 1
+    return group, "~" if column == "ref_mean_logprob" else column
 
 
 def load_metadata(path: str | Path) -> dict:

@@ -135,9 +135,11 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto") -> LoadedMo
     return LoadedModel(model, tokenizer, name, path, weights_hash(path), picked_dtype, picked_device)
 
 
-def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast, chat_template: bool = True) -> str:
     """sha256 hex of everything that decides token ids and chat rendering.
 
+    With `chat_template=False`, only what maps text to ids and back (the "token fingerprint"): two
+    models that agree on it can score or train on the same input_ids whatever their templates.
     Covers the vocab, the added/special tokens with their ids, bos/eos/pad/unk, the chat template,
     the class name, and the backend's full pipeline (normalizer, pre-tokenizer, merges,
     post-processor), since the same vocab with other merges tokenizes differently.
@@ -150,7 +152,7 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
         "vocab": sorted(tokenizer.get_vocab().items()),
         "added_tokens": sorted((i, str(t), t.special) for i, t in tokenizer.added_tokens_decoder.items()),
         "special_tokens": {k: getattr(tokenizer, k) for k in ("bos_token", "eos_token", "pad_token", "unk_token")},
-        "chat_template": tokenizer.chat_template,
+        "chat_template": tokenizer.chat_template if chat_template else None,
         "backend": backend,
     }
     canonical = json.dumps(identity, sort_keys=True, ensure_ascii=False, separators=(",", ":"))

@@ -137,6 +137,7 @@ def score(config: ScoreConfig) -> dict:
         "tokensft_version": __version__,
         "model": {"name": loaded.name, "content_hash": loaded.content_hash},
         "tokenizer_fingerprint": identity["tokenizer_fingerprint"],
+        "token_fingerprint": tokenizer_fingerprint(loaded.tokenizer, chat_template=False),
         "render": {**asdict(config.format), "format": fmt, "template": renderer.template},
         "max_length": max_length,
         "top_k": config.top_k,
@@ -198,7 +199,7 @@ def _score_chunks(config, kind, fmt, renderer, scorer, schema, directory, pendin
 def _score_chunk(config, fmt, renderer, scorer, schema, directory, chunk, rows, progress) -> dict:
     stats = empty_stats()
     stats["read"] = len(rows)
-    ids, rendered = [], []
+    examples, rendered = [], []
     for row in rows:
         try:
             if row.error is not None:
@@ -214,10 +215,10 @@ def _score_chunk(config, fmt, renderer, scorer, schema, directory, chunk, rows, 
                 raise
             _skip(stats, exc.reason, row, config)
             continue
-        ids.append(example.id)
+        examples.append(example)
         rendered.append(result)
     scored = scorer.score(rendered) if rendered else []
-    table = build_table(ids, scored, schema)
+    table = build_table(examples, scored, schema)
     stats["written"] = len(scored)
     stats["truncated"] = sum(r.truncated for r in rendered)
     stats["tokens"] = sum(len(r.input_ids) for r in rendered)

@@ -18,8 +18,9 @@ import numpy as np
 import pyarrow as pa
 
 from tokensft.fileio import atomic_write
+from tokensft.preprocess.formats import Example
 from tokensft.preprocess.scorer import ScoredExample
-from tokensft.schema import METADATA_KEY
+from tokensft.schema import MESSAGE_TYPE, METADATA_KEY
 
 CHUNK_KEY = b"tokensft_chunk"
 SHARD_RE = re.compile(r"^data-(\d{5,})\.arrow$")
@@ -42,18 +43,40 @@ def _offsets(lengths: Sequence[int]) -> pa.Array:
     return pa.array(offsets)
 
 
-def _list_array(lengths: Sequence[int], values: np.ndarray | pa.Array, value_type: pa.DataType) -> pa.Array:
+def list_array(lengths: Sequence[int], values: np.ndarray | pa.Array, value_type: pa.DataType) -> pa.Array:
     if not isinstance(values, pa.Array):
         values = pa.array(values, type=value_type)
     return pa.ListArray.from_arrays(_offsets(lengths), values)
+
+
+def flat_list(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(values, offsets) of a list column: row r is values[offsets[r]:offsets[r + 1]]; offsets (R + 1,) int64."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    offsets = array.offsets.to_numpy().astype(np.int64)
+    values = array.values.slice(offsets[0], offsets[-1] - offsets[0])
+    return values.to_numpy(zero_copy_only=False), offsets - offsets[0]
+
+
+def read_table(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """A shard's rows (optionally only `columns`), schema metadata included."""
+    with pa.memory_map(str(path)) as source:
+        table = pa.ipc.open_stream(source).read_all()
+    return table.select(list(columns)) if columns is not None else table
 
 
 def _cat(arrays: list[np.ndarray], dtype) -> np.ndarray:
     return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros(0, dtype=dtype)
 
 
-def build_table(ids: Sequence[str], scored: Sequence[ScoredExample], schema: pa.Schema) -> pa.Table:
-    """One Arrow table from scored examples, column by column (no Python loop per token)."""
+def messages_array(examples: Sequence[Example]) -> pa.Array:
+    """list<struct<role, content, target>>: each example's normalized conversation."""
+    lengths = [len(e.messages) for e in examples]
+    flat = [{"role": m.role, "content": m.content, "target": m.is_target} for e in examples for m in e.messages]
+    return list_array(lengths, pa.array(flat, type=MESSAGE_TYPE), None)
+
+
+def build_table(examples: Sequence[Example], scored: Sequence[ScoredExample], schema: pa.Schema) -> pa.Table:
+    """One Arrow table from examples and their scores, column by column (no Python loop per token)."""
     lengths = [len(s.rendered.input_ids) for s in scored]
     num_targets = np.array([len(s.target_positions) for s in scored], dtype=np.int32)
     mean_logprob = np.array(
@@ -61,30 +84,38 @@ def build_table(ids: Sequence[str], scored: Sequence[ScoredExample], schema: pa.
         dtype=np.float32,
     )
     columns = {
-        "id": pa.array(list(ids), type=pa.string()),
-        "input_ids": _list_array(lengths, _cat([np.asarray(s.rendered.input_ids) for s in scored], np.int32), pa.int32()),
-        "labels": _list_array(lengths, _cat([np.asarray(s.rendered.labels) for s in scored], np.int32), pa.int32()),
-        "logprob": _list_array(lengths, _cat([s.logprob for s in scored], np.float32), pa.float32()),
-        "entropy": _list_array(lengths, _cat([s.entropy for s in scored], np.float32), pa.float32()),
-        "rank": _list_array(lengths, _cat([s.rank for s in scored], np.int32), pa.int32()),
+        "id": pa.array([e.id for e in examples], type=pa.string()),
+        "input_ids": list_array(lengths, _cat([np.asarray(s.rendered.input_ids) for s in scored], np.int32), pa.int32()),
+        "labels": list_array(lengths, _cat([np.asarray(s.rendered.labels) for s in scored], np.int32), pa.int32()),
+        "logprob": list_array(lengths, _cat([s.logprob for s in scored], np.float32), pa.float32()),
+        "entropy": list_array(lengths, _cat([s.entropy for s in scored], np.float32), pa.float32()),
+        "rank": list_array(lengths, _cat([s.rank for s in scored], np.int32), pa.int32()),
     }
     if "topk_ids" in schema.names:
-        inner_counts = []
-        for s in scored:
-            counts = np.zeros(len(s.rendered.input_ids), dtype=np.int32)  # [] at non-targets
-            counts[s.target_positions] = s.topk_ids.shape[1] if s.topk_ids is not None else 0
-            inner_counts.append(counts)
-        flat_counts = _cat(inner_counts, np.int32)
-        ids_values = _cat([s.topk_ids.reshape(-1) for s in scored], np.int32)
-        lp_values = _cat([s.topk_logprobs.reshape(-1) for s in scored], np.float16)
-        # list<list<..>>: outer offsets by example, inner offsets by token (K at targets, 0 elsewhere)
-        columns["topk_ids"] = _list_array(lengths, _list_array(flat_counts, ids_values, pa.int32()), None)
-        columns["topk_logprobs"] = _list_array(lengths, _list_array(flat_counts, lp_values, pa.float16()), None)
+        columns["topk_ids"], columns["topk_logprobs"] = topk_arrays(scored)
     columns["num_tokens"] = pa.array(np.array(lengths, dtype=np.int32))
     columns["num_targets"] = pa.array(num_targets)
     columns["mean_logprob"] = pa.array(mean_logprob)
     columns["truncated"] = pa.array([s.rendered.truncated for s in scored], type=pa.bool_())
+    columns["kind"] = pa.array([e.kind for e in examples], type=pa.string())
+    columns["messages"] = messages_array(examples)
     return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
+
+
+def topk_arrays(scored: Sequence[ScoredExample]) -> tuple[pa.Array, pa.Array]:
+    """list<list<int32>> ids and list<list<float16>> log-probs: K per target token, [] elsewhere."""
+    lengths = [len(s.rendered.input_ids) for s in scored]
+    inner_counts = []
+    for s in scored:
+        counts = np.zeros(len(s.rendered.input_ids), dtype=np.int32)  # [] at non-targets
+        counts[s.target_positions] = s.topk_ids.shape[1] if s.topk_ids is not None else 0
+        inner_counts.append(counts)
+    flat_counts = _cat(inner_counts, np.int32)
+    ids_values = _cat([s.topk_ids.reshape(-1) for s in scored], np.int32)
+    lp_values = _cat([s.topk_logprobs.reshape(-1) for s in scored], np.float16)
+    # outer offsets by example, inner offsets by token (K at targets, 0 elsewhere)
+    return (list_array(lengths, list_array(flat_counts, ids_values, pa.int32()), None),
+            list_array(lengths, list_array(flat_counts, lp_values, pa.float16()), None))
 
 
 def write_shard(directory: Path, chunk: int, table: pa.Table, stats: dict) -> Path:
