@@ -1,6 +1,7 @@
 """The `tokensft` command: one entry point, one subcommand per pipeline stage.
 
     tokensft score INPUT --output DIR [--model M] [--top-k K] ...   score every target token
+    tokensft enrich DIR [--mask SPEC] [--ref M] [--teacher M]        masks, PoFT references, teacher top-k
     tokensft merge DIR                                               finish a multi-rank output
     tokensft inspect DIR                                             metadata, counts, examples
 
@@ -65,6 +66,8 @@ def _add_score(sub) -> None:
     r.add_argument("--shard-size", type=int, default=1000, help="input rows per output shard (unit of resume)")
     r.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    _add_enrich_flags(p.add_argument_group(
+        "enrichment (run on the finished output, as `tokensft enrich DIR` would)"), teacher_top_k="--teacher-top-k")
     o = p.add_argument_group("runs")
     rank, world = _env_rank()
     o.add_argument("--rank", type=int, default=rank, help="this process's rank (default from RANK or SLURM_ARRAY_TASK_ID)")
@@ -92,8 +95,103 @@ def _cmd_score(args) -> int:
         rank=args.rank, world_size=args.world_size, overwrite=args.overwrite, resume=args.resume, skip_invalid=args.skip_invalid,
         quiet=args.quiet, command=shlex.join(["tokensft", *args.argv]),
     )
+    enrich_config = _enrich_config(args, input=args.output, top_k=args.teacher_top_k or args.top_k or 20)
+    enrich_config.validate()  # a bad --mask fails now, not after hours of scoring
     summary = score(config)
     _print_summary(summary)
+    if enrich_config.requested and summary["status"] in ("finished", "already-finished"):
+        _print_enrich(_run_enrich(enrich_config))
+    return 0
+
+
+def _add_enrich_flags(g, teacher_top_k: str) -> None:
+    g.add_argument("--mask", action="append", default=[], metavar="SPEC",
+                   help="add a mask column mask_<name> (repeatable): prob>=T (ProFit: 0.1), prob<=T, prob-between:A:B, "
+                        "top-frac:F (per sequence), quantile>=Q (dataset-wide), random:F:SEED (drop F); "
+                        "prefix teacher: to threshold the teacher's probabilities")
+    g.add_argument("--ref", action="append", default=[], metavar="MODEL",
+                   help="PoFT reference model (repeatable): scores each response in its own tokenizer and chat "
+                        "template -> ref_<name>_mean_logprob, ref_<name>_num_targets, ref_mean_logprob")
+    g.add_argument("--ref-name", action="append", default=[], metavar="NAME",
+                   help="column name of each --ref, in order (default: from the model's name)")
+    g.add_argument("--ref-template", default="auto", choices=["auto", "chat", "plain"],
+                   help="how references render conversations (auto: their chat template when they have one)")
+    g.add_argument("--ref-max-length", type=int, help="references keep the first N tokens (default: their context length)")
+    g.add_argument("--teacher", metavar="MODEL",
+                   help="Q-target teacher sharing the scorer's tokenizer: teacher_logprob, teacher_topk_ids, teacher_topk_logprobs")
+    g.add_argument(teacher_top_k, type=int, dest="teacher_top_k",
+                   help="alternatives the teacher stores per target (default: " +
+                        ("20" if teacher_top_k == "--top-k" else "--top-k, else 20") + ")")
+
+
+def _enrich_config(args, input: str, top_k: int, output: str | None = None):
+    from tokensft.preprocess.enrich import EnrichConfig
+
+    return EnrichConfig(
+        input=input, output=output, masks=args.mask, refs=args.ref, ref_names=args.ref_name,
+        ref_template=args.ref_template, ref_max_length=args.ref_max_length, teacher=args.teacher, top_k=top_k,
+        batch_tokens=args.batch_tokens, chunk_size=args.chunk_size, dtype=args.dtype, device=args.device,
+        rank=args.rank, world_size=args.world_size, skip_invalid=args.skip_invalid,
+        overwrite=getattr(args, "overwrite", False), quiet=args.quiet, command=shlex.join(["tokensft", *args.argv]),
+    )
+
+
+def _run_enrich(config) -> dict:
+    from tokensft.preprocess.enrich import enrich
+
+    return enrich(config)
+
+
+def _print_enrich(summary: dict) -> None:
+    if summary["status"] == "rank-done":
+        print(f"rank {summary['rank']} done; the last rank to end writes {summary['output']}")
+        return
+    word = {"already-enriched": "already holds every requested column", "already-finished": "already complete"}
+    print(f"enriched dataset: {summary['output']}" + (f" ({word[summary['status']]})" if summary["status"] in word else ""))
+    enrichment = summary.get("metadata", {}).get("enrichment", {})
+    for column, m in enrichment.get("masks", {}).items():
+        kept = "n/a" if m["kept_fraction"] is None else f"{m['kept_fraction']:.1%}"
+        print(f"  {column}: {m['spec']} keeps {kept} of {m['targets']:,} targets")
+    for name, r in enrichment.get("refs", {}).items():
+        failed = sum(r.get("counts", {}).get("failed", {}).values())
+        print(f"  ref {name}: {r['model']['name']} ({r['template']} template), "
+              f"{r.get('counts', {}).get('scored', 0):,} scored, {failed:,} failed")
+    if "teacher" in enrichment:
+        t = enrichment["teacher"]
+        print(f"  teacher: {t['model']['name']}, top-{t['top_k']}")
+
+
+def _add_enrich(sub) -> None:
+    p = sub.add_parser(
+        "enrich", help="add masks, PoFT reference likelihoods and teacher top-k to a scored dataset",
+        description="Add columns to a scored dataset without re-running its scorer: masks from the stored "
+        "probabilities, PoFT reference likelihoods (each reference in its own tokenizer and template), and a "
+        "teacher's top-k distributions for Q-target training. In place (atomically) unless --output.",
+    )
+    p.add_argument("directory", help="a dataset written by `tokensft score`")
+    p.add_argument("--output", "-o", help="write the enriched dataset here instead of replacing DIRECTORY")
+    _add_enrich_flags(p.add_argument_group("what to add"), teacher_top_k="--top-k")
+    r = p.add_argument_group("scoring (references and teacher)")
+    r.add_argument("--batch-tokens", type=int, help="padded tokens per forward batch (default: 8192 on CUDA, 1024 on CPU)")
+    r.add_argument("--chunk-size", type=int, default=256, help="target rows per lm_head/log-softmax chunk")
+    r.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    r.add_argument("--skip-invalid", action="store_true",
+                   help="a row a reference cannot render gets NaN and is counted, instead of stopping")
+    o = p.add_argument_group("runs")
+    rank, world = _env_rank()
+    o.add_argument("--rank", type=int, default=rank, help="this process's rank (references and teacher are split by shard)")
+    o.add_argument("--world-size", type=int, default=world, help="number of ranks")
+    o.add_argument("--overwrite", action="store_true", help="replace an --output written by a different run")
+    o.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_enrich)
+
+
+def _cmd_enrich(args) -> int:
+    config = _enrich_config(args, input=args.directory, top_k=args.teacher_top_k or 20, output=args.output)
+    if not config.requested:
+        raise TokensftError("nothing to add: give --mask, --ref or --teacher")
+    _print_enrich(_run_enrich(config))
     return 0
 
 
@@ -151,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tokensft {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_score(sub)
+    _add_enrich(sub)
     _add_merge(sub)
     _add_inspect(sub)
     return parser

@@ -36,15 +36,21 @@ def _piece(tokenizer, token_id: int) -> str:
 
 
 def format_example(row: dict, tokenizer, max_tokens: int = MAX_TOKENS_SHOWN) -> str:
-    """One example: prompt text, then a line per target token."""
+    """One example: prompt text, then a line per target token (with its mask bits, when stored)."""
+    masks = sorted(name for name in row if name.startswith("mask_"))
+    refs = "".join(f", {name.removesuffix('_mean_logprob')} {row[name]:.3f}" for name in sorted(row)
+                   if name.startswith("ref_") and name.endswith("_mean_logprob"))
     lines = [f"id {row['id']}: {row['num_tokens']} tokens, {row['num_targets']} targets, "
              f"mean logprob {row['mean_logprob']:.3f} (mean p {math.exp(row['mean_logprob']):.3f})"
-             + (", TRUNCATED" if row["truncated"] else "")]
+             + refs + (", TRUNCATED" if row["truncated"] else "")]
     first_target = next(t for t, label in enumerate(row["labels"]) if label >= 0)
     prompt_ids = row["input_ids"][:first_target]
     prompt = tokenizer.decode(prompt_ids) if tokenizer is not None else " ".join(map(str, prompt_ids))
     lines.append("  context: " + repr(prompt[-300:]) + (" (last 300 chars)" if len(prompt) > 300 else ""))
+    if masks:
+        lines.append("  masks (1 = kept): " + ", ".join(f"{chr(97 + i)} = {m}" for i, m in enumerate(masks)))
     lines.append(f"  {'pos':>5} {'token':<18} {'p':>7} {'logprob':>8} {'rank':>5} {'entropy':>7}" +
+                 (f" {'masks':>{max(len(masks), 5)}}" if masks else "") +
                  ("  top alternatives" if "topk_ids" in row else ""))
     shown = 0
     for t, label in enumerate(row["labels"]):
@@ -56,12 +62,39 @@ def format_example(row: dict, tokenizer, max_tokens: int = MAX_TOKENS_SHOWN) -> 
         lp = row["logprob"][t]
         line = (f"  {t:>5} {_piece(tokenizer, label)[:18]:<18} {math.exp(lp):>7.4f} {lp:>8.3f} "
                 f"{row['rank'][t]:>5} {row['entropy'][t]:>7.3f}")
+        if masks:
+            line += f" {''.join(str(row[m][t]) for m in masks):>{max(len(masks), 5)}}"
         if "topk_ids" in row:
             alts = [f"{_piece(tokenizer, i)[:10]} {math.exp(v):.2f}" for i, v in zip(row["topk_ids"][t][:3], row["topk_logprobs"][t][:3])]
             line += "  " + " | ".join(alts)
         lines.append(line)
         shown += 1
     return "\n".join(lines)
+
+
+def describe_enrichment(enrichment: dict) -> list[str]:
+    """Lines listing the masks, references and teacher a dataset holds, with their provenance."""
+    if not any(enrichment.get(k) for k in ("masks", "refs", "teacher")):
+        return ["enrichment: none (add with `tokensft enrich DIR --mask/--ref/--teacher`)"]
+    out = ["enrichment"]
+    for column, m in enrichment.get("masks", {}).items():
+        kept = "n/a" if m["kept_fraction"] is None else f"{m['kept_fraction']:.1%}"
+        threshold = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in m["threshold"].items())
+        scorer = m.get("scorer") or {}
+        out.append(f"  {column}: {m['spec']} on {m['source_column']} of {scorer.get('name')} "
+                   f"(sha256 {str(scorer.get('content_hash'))[:12]}); {threshold}; keeps {kept} of {m['targets']:,} targets")
+    for name, r in enrichment.get("refs", {}).items():
+        counts = r.get("counts", {})
+        failed = ", ".join(f"{k} {v:,}" for k, v in counts.get("failed", {}).items()) or "none"
+        out.append(f"  ref_{name}: {r['model']['name']} (sha256 {r['model']['content_hash'][:12]}), {r['template']} "
+                   f"template, max length {r['max_length']}, {r['dtype']}; scored {counts.get('scored', 0):,}, "
+                   f"truncated {counts.get('truncated', 0):,}, failed: {failed}")
+    if enrichment.get("refs"):
+        out.append(f"  ref_mean_logprob: mean over {len(enrichment['refs'])} reference(s)")
+    if enrichment.get("teacher"):
+        t = enrichment["teacher"]
+        out.append(f"  teacher: {t['model']['name']} (sha256 {t['model']['content_hash'][:12]}), top-{t['top_k']}, {t['dtype']}")
+    return out
 
 
 def inspect_dataset(directory: str | Path, num_examples: int = 2, model: str | None = None) -> str:
@@ -81,6 +114,7 @@ def inspect_dataset(directory: str | Path, num_examples: int = 2, model: str | N
         f"  rows read {counts['read']:,}, written {counts['written']:,}, truncated {counts['truncated']:,}",
         f"  skipped: {', '.join(f'{k} {v:,}' for k, v in counts['skipped'].items()) or 'none'}",
         f"  tokens {counts['tokens']:,}, targets {counts['targets']:,}",
+        *describe_enrichment(meta.get("enrichment", {})),
         "schema",
         *(f"  {field.name}: {field.type}" for field in dataset.data.schema),
     ]

@@ -126,7 +126,7 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto") -> LoadedMo
     picked_device = pick_device(device)
     picked_dtype = pick_dtype(dtype, picked_device)
     path, name = resolve_model_dir(spec)
-    tokenizer = _load_tokenizer(path)
+    tokenizer = load_tokenizer(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=picked_dtype, local_files_only=True)
     except Exception as e:  # any loader failure is a bad model dir from the user's side
@@ -173,7 +173,7 @@ def weights_hash(model_dir: Path) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
-def _load_tokenizer(path: Path) -> PreTrainedTokenizerFast:
+def load_tokenizer(path: Path) -> PreTrainedTokenizerFast:
     """The model's tokenizer, which must be fast: scoring needs its offsets mapping."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -11,8 +11,8 @@ from tqdm import tqdm
 class Progress:
     """tqdm over input rows, with the target-token rate as a postfix (what users budget by)."""
 
-    def __init__(self, total_rows: int, disable: bool = False):
-        self.bar = tqdm(total=total_rows, unit="row", file=sys.stderr, disable=disable, dynamic_ncols=True, desc="scoring")
+    def __init__(self, total_rows: int, disable: bool = False, desc: str = "scoring"):
+        self.bar = tqdm(total=total_rows, unit="row", file=sys.stderr, disable=disable, dynamic_ncols=True, desc=desc)
         self.start = time.perf_counter()
         self.targets = 0
 

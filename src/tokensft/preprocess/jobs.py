@@ -1,0 +1,114 @@
+"""Model jobs of an enrichment: a PoFT reference or a Q-target teacher, resolved before any work.
+
+Resolving a job reads only the tokenizer, the config and the weights' (cached) hash, so the plan
+can be checked -- is it already in the dataset? does the teacher share the tokenizer? -- in
+seconds, before a model is loaded. `job.load(config)` then returns the worker that scores a shard.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tokensft.errors import ConfigError
+from tokensft.preprocess.models import (
+    load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_dir, tokenizer_fingerprint, weights_hash,
+)
+from tokensft.preprocess.render import Renderer, resolve_template
+from tokensft.preprocess.rescore import check_ref_name, default_ref_name, reference_columns, teacher_columns
+from tokensft.preprocess.scorer import Scorer
+
+TEACHER_COLUMNS = ["teacher_logprob", "teacher_topk_ids", "teacher_topk_logprobs"]
+
+
+@dataclass
+class Job:
+    kind: str  # "ref" | "teacher"
+    name: str  # the reference's name; "teacher"
+    spec: str  # the model as given
+    identity: dict  # what decides its columns' values
+    provenance: dict  # recorded in tokensft.json under enrichment
+    columns: list[str]  # columns it adds
+    reads: list[str]  # source columns it needs
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def part(self) -> str:
+        return "teacher" if self.kind == "teacher" else f"ref_{self.name}"
+
+    def present_in(self, enrichment: dict) -> bool:
+        """Whether the dataset already holds this job's columns with the same provenance."""
+        stored = enrichment.get("teacher") if self.kind == "teacher" else enrichment.get("refs", {}).get(self.name)
+        return stored is not None and stored.get("identity") == self.identity
+
+    def load(self, config) -> Callable:
+        """Load the model; return worker(table, where) -> ({column: array}, stats)."""
+        loaded = load_model(self.spec, dtype=config.dtype, device=config.device)
+        scorer = Scorer(loaded.model, top_k=config.top_k if self.kind == "teacher" else 0,
+                        batch_tokens=config.batch_tokens, chunk_size=config.chunk_size)
+        if self.kind == "teacher":
+            def work(table, where):
+                columns = teacher_columns(table, scorer)
+                logprob = columns["teacher_logprob"].values.to_numpy(zero_copy_only=False)
+                return columns, {"targets": int((~np.isnan(logprob)).sum())}
+            return work
+        renderer = Renderer(loaded.tokenizer, self.settings["template"], self.settings["max_length"])
+
+        def work(table, where):
+            columns, stats = reference_columns(table, renderer, scorer, where, config.skip_invalid)
+            return {self.columns[0]: columns["mean_logprob"], self.columns[1]: columns["num_targets"]}, stats
+        return work
+
+
+def _max_length(path: Path, given: int | None) -> int | None:
+    """--ref-max-length, else the model's context length (as scoring does)."""
+    if given:
+        return given
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
+
+
+def resolve_jobs(config, meta: dict) -> list[Job]:
+    """The requested references and teacher, resolved and checked against the dataset's metadata."""
+    dtype = str(pick_dtype(config.dtype, pick_device(config.device))).removeprefix("torch.")
+    names = config.ref_names or [default_ref_name(spec) for spec in config.refs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"two references would both be named {sorted(n for n in names if names.count(n) > 1)[0]!r}; "
+                          "give each a --ref-name")
+    jobs = []
+    for spec, name in zip(config.refs, names):
+        check_ref_name(name)
+        path, display = resolve_model_dir(spec)
+        tokenizer = load_tokenizer(path)
+        settings = {"template": resolve_template(config.ref_template, tokenizer),
+                    "max_length": _max_length(path, config.ref_max_length)}
+        model = {"name": display, "content_hash": weights_hash(path)}
+        identity = {"model_hash": model["content_hash"], **settings, "dtype": dtype}
+        columns = [f"ref_{name}_mean_logprob", f"ref_{name}_num_targets"]
+        provenance = {"model": model, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), **settings,
+                      "dtype": dtype, "columns": columns, "identity": identity}
+        jobs.append(Job("ref", name, spec, identity, provenance, columns, ["id", "kind", "messages"], settings))
+    if config.teacher:
+        path, display = resolve_model_dir(config.teacher)
+        tokenizer = load_tokenizer(path)
+        theirs, ours = tokenizer_fingerprint(tokenizer, chat_template=False), meta.get("token_fingerprint")
+        if theirs != ours:
+            raise ConfigError(
+                f"--teacher {config.teacher}: its tokenizer differs from the dataset's (token fingerprint "
+                f"{theirs[:12]} vs {str(ours)[:12]}); a teacher scores the same input_ids, so it must share the "
+                "scorer's tokenizer (a model with another tokenizer can be a PoFT --ref instead)"
+            )
+        model = {"name": display, "content_hash": weights_hash(path)}
+        identity = {"model_hash": model["content_hash"], "top_k": config.top_k, "dtype": dtype}
+        provenance = {"model": model, "token_fingerprint": theirs, "top_k": config.top_k, "dtype": dtype,
+                      "columns": TEACHER_COLUMNS, "identity": identity}
+        jobs.append(Job("teacher", "teacher", config.teacher, identity, provenance, TEACHER_COLUMNS,
+                        ["input_ids", "labels"]))
+    return jobs
