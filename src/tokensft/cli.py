@@ -104,6 +104,18 @@ def _cmd_score(args) -> int:
     return 0
 
 
+class _RefName(argparse.Action):
+    """--ref-name names the --ref given just before it: `--ref A --ref-name a --ref B` names A only."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        names = dict(getattr(namespace, "ref_names_by_index", None) or {})
+        index = len(namespace.ref) - 1
+        if index < 0 or index in names:
+            parser.error(f"--ref-name {value}: put it right after the --ref it names")
+        names[index] = value
+        namespace.ref_names_by_index = names
+
+
 def _add_enrich_flags(g, teacher_top_k: str) -> None:
     g.add_argument("--mask", action="append", default=[], metavar="SPEC",
                    help="add a mask column mask_<name> (repeatable): prob>=T (ProFit: 0.1), prob<=T, prob-between:A:B, "
@@ -112,8 +124,8 @@ def _add_enrich_flags(g, teacher_top_k: str) -> None:
     g.add_argument("--ref", action="append", default=[], metavar="MODEL",
                    help="PoFT reference model (repeatable): scores each response in its own tokenizer and chat "
                         "template -> ref_<name>_mean_logprob, ref_<name>_num_targets, ref_mean_logprob")
-    g.add_argument("--ref-name", action="append", default=[], metavar="NAME",
-                   help="column name of each --ref, in order (default: from the model's name)")
+    g.add_argument("--ref-name", action=_RefName, metavar="NAME",
+                   help="name of the --ref just before it (default: from the model's name)")
     g.add_argument("--ref-template", default="auto", choices=["auto", "chat", "plain"],
                    help="how references render conversations (auto: their chat template when they have one)")
     g.add_argument("--ref-max-length", type=int, help="references keep the first N tokens (default: their context length)")
@@ -128,7 +140,8 @@ def _enrich_config(args, input: str, top_k: int, output: str | None = None):
     from tokensft.preprocess.enrich import EnrichConfig
 
     return EnrichConfig(
-        input=input, output=output, masks=args.mask, refs=args.ref, ref_names=args.ref_name,
+        input=input, output=output, masks=args.mask, refs=args.ref,
+        ref_names=[(getattr(args, "ref_names_by_index", None) or {}).get(i) for i in range(len(args.ref))],
         ref_template=args.ref_template, ref_max_length=args.ref_max_length, teacher=args.teacher, top_k=top_k,
         batch_tokens=args.batch_tokens, chunk_size=args.chunk_size, dtype=args.dtype, device=args.device,
         rank=args.rank, world_size=args.world_size, skip_invalid=args.skip_invalid,

@@ -48,7 +48,7 @@ class EnrichConfig:
     output: str | None = None  # None: in place
     masks: list[str] = field(default_factory=list)
     refs: list[str] = field(default_factory=list)
-    ref_names: list[str] = field(default_factory=list)
+    ref_names: list[str | None] = field(default_factory=list)  # per ref; None: from the model's name
     ref_template: str = "auto"
     ref_max_length: int | None = None
     teacher: str | None = None
@@ -66,7 +66,7 @@ class EnrichConfig:
 
     def validate(self) -> None:
         if self.ref_names and len(self.ref_names) != len(self.refs):
-            raise ConfigError(f"{len(self.ref_names)} --ref-name for {len(self.refs)} --ref: give one name per reference, or none")
+            raise ConfigError(f"{len(self.ref_names)} names for {len(self.refs)} references: give one per reference")
         if self.teacher and self.top_k < 1:
             raise ConfigError(f"--top-k {self.top_k}: a teacher needs K >= 1 stored alternatives")
         if self.ref_max_length is not None and self.ref_max_length < 2:
@@ -83,19 +83,14 @@ class EnrichConfig:
 
 def enrich(config: EnrichConfig) -> dict:
     """Run (or resume) an enrichment. Returns a summary: status, output, metadata when finished."""
-    from tokensft.preprocess.jobs import resolve_jobs  # deferred: imports torch and transformers
-
     config.validate()
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our bar is the one to watch
     source = Path(config.input)
     meta = load_metadata(source)
     source_run = output.read_run(source)
     if source_run is None:
         raise ConfigError(f"{source}: no .tokensft/run.json; this dataset was not written by `tokensft score`")
     masks = list({m.column: m for m in (parse_mask(t) for t in config.masks)}.values())
-    jobs = resolve_jobs(config, meta)
+    jobs = _resolve_jobs(config, meta) if config.refs or config.teacher else []
     present = meta.get("enrichment", {})
     jobs = [j for j in jobs if not j.present_in(present)]
     teacher_job = next((j for j in jobs if j.kind == "teacher"), None)
@@ -143,6 +138,16 @@ def enrich(config: EnrichConfig) -> dict:
             _swap(target, source)
     result = source if in_place else target
     return {"status": "finished", "output": str(result), "metadata": load_metadata(result)}
+
+
+def _resolve_jobs(config: EnrichConfig, meta: dict) -> list:
+    """Deferred imports: torch and transformers take seconds, and masks alone need neither."""
+    from transformers.utils import logging as hf_logging
+
+    from tokensft.preprocess.jobs import resolve_jobs
+
+    hf_logging.disable_progress_bar()  # our bar is the one to watch
+    return resolve_jobs(config, meta)
 
 
 def _mask_present(mask: MaskSpec, present: dict) -> bool:

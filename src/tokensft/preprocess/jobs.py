@@ -78,7 +78,8 @@ def _max_length(path: Path, given: int | None) -> int | None:
 def resolve_jobs(config, meta: dict) -> list[Job]:
     """The requested references and teacher, resolved and checked against the dataset's metadata."""
     dtype = str(pick_dtype(config.dtype, pick_device(config.device))).removeprefix("torch.")
-    names = config.ref_names or [default_ref_name(spec) for spec in config.refs]
+    given = config.ref_names or [None] * len(config.refs)
+    names = [name or default_ref_name(spec) for spec, name in zip(config.refs, given)]
     if len(set(names)) != len(names):
         raise ConfigError(f"two references would both be named {sorted(n for n in names if names.count(n) > 1)[0]!r}; "
                           "give each a --ref-name")

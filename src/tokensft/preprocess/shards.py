@@ -13,13 +13,16 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from tokensft.fileio import atomic_write
 from tokensft.preprocess.formats import Example
-from tokensft.preprocess.scorer import ScoredExample
+
+if TYPE_CHECKING:  # scorer imports torch: seconds that enriching masks never needs
+    from tokensft.preprocess.scorer import ScoredExample
 from tokensft.schema import MESSAGE_TYPE, METADATA_KEY
 
 CHUNK_KEY = b"tokensft_chunk"
