@@ -30,6 +30,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_score.py
+	$(PY) benchmarks/bench_enrich.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

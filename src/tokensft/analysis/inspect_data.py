@@ -38,8 +38,9 @@ def _piece(tokenizer, token_id: int) -> str:
 def format_example(row: dict, tokenizer, max_tokens: int = MAX_TOKENS_SHOWN) -> str:
     """One example: prompt text, then a line per target token (with its mask bits, when stored)."""
     masks = sorted(name for name in row if name.startswith("mask_"))
-    refs = "".join(f", {name.removesuffix('_mean_logprob')} {row[name]:.3f}" for name in sorted(row)
-                   if name.startswith("ref_") and name.endswith("_mean_logprob"))
+    named = [n for n in sorted(row) if n.startswith("ref_") and n.endswith("_mean_logprob") and n != "ref_mean_logprob"]
+    refs = (f", ref_mean_logprob {row['ref_mean_logprob']:.3f} (" +
+            ", ".join(f"{n[4:-13]} {row[n]:.3f}" for n in named) + ")") if named else ""
     lines = [f"id {row['id']}: {row['num_tokens']} tokens, {row['num_targets']} targets, "
              f"mean logprob {row['mean_logprob']:.3f} (mean p {math.exp(row['mean_logprob']):.3f})"
              + refs + (", TRUNCATED" if row["truncated"] else "")]

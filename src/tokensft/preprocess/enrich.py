@@ -98,9 +98,12 @@ def enrich(config: EnrichConfig) -> dict:
         stored = [parse_mask(v["spec"]) for v in present.get("masks", {}).values() if v.get("source") == "teacher"]
         masks += [m for m in stored if m.column not in {x.column for x in masks}]
     masks = [m for m in masks if teacher_job is not None and m.source == "teacher" or not _mask_present(m, present)]
-    columns = set(pa.ipc.open_stream(pa.memory_map(str(source / shard_name(0)))).schema.names)
+    with pa.memory_map(str(source / shard_name(0))) as f:
+        columns = set(pa.ipc.open_stream(f).schema.names)
     _check_columns(source, masks, jobs, columns)
     in_place = config.output is None or Path(config.output).resolve() == source.resolve()
+    if in_place:
+        _drop_stale_staging(_staging(source), source_run["fingerprint"])
     if in_place and not masks and not jobs:
         return {"status": "already-enriched", "output": str(source), "metadata": meta}
 
@@ -109,7 +112,7 @@ def enrich(config: EnrichConfig) -> dict:
         "jobs": [j.identity for j in jobs], "skip_invalid": config.skip_invalid,
     }
     fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    target = source.parent / f".{source.name}.enrich" if in_place else Path(config.output)
+    target = _staging(source) if in_place else Path(config.output)
     finished = _finished_run(target, identity)
     if finished is not None and not in_place:
         return {"status": "already-finished", "output": str(target), "metadata": output.load_finished(target)}
@@ -138,6 +141,25 @@ def enrich(config: EnrichConfig) -> dict:
             _swap(target, source)
     result = source if in_place else target
     return {"status": "finished", "output": str(result), "metadata": load_metadata(result)}
+
+
+def _staging(source: Path) -> Path:
+    """Where an in-place enrichment builds the new dataset: a hidden sibling (same filesystem)."""
+    return source.parent / f".{source.name}.enrich"
+
+
+def _drop_stale_staging(staging: Path, source_fingerprint: str) -> None:
+    """Remove a finished staging directory that is not a pending swap onto the current source:
+    the old dataset left there when a run was killed between the exchange and the clean-up."""
+    try:
+        run = output.read_run(staging)
+    except ConfigError:
+        run = None
+    if run is None or not output.is_finished(staging):
+        return
+    pending_swap = (run.get("enrich_identity") or run.get("identity") or {}).get("source") == source_fingerprint
+    if not pending_swap:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _resolve_jobs(config: EnrichConfig, meta: dict) -> list:

@@ -81,6 +81,7 @@ def reference_columns(
         count[r] = len(scored.target_positions)
         stats["scored"] += 1
         stats["truncated"] += int(rendered.truncated)
+    stats["targets"] = int(count.sum())  # for the progress bar's rate
     return {"mean_logprob": pa.array(mean), "num_targets": pa.array(count)}, stats
 
 
