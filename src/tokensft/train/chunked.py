@@ -1,0 +1,70 @@
+"""The per-target terms of the training losses, chunk by chunk, never holding [N, V] logits.
+
+    hidden  (N, H)  final hidden states before each target (gathered by the caller)
+    for each chunk of c rows:
+        logits = head(hidden[chunk])               # (c, V) float32, recomputed in backward
+        logp   = logits[y] - logsumexp(logits)     # (c,)
+        + prior_logp (c, K), self_ce (c,), uniform_ce (c,) when the objective needs them
+
+Each chunk runs under activation checkpointing: autograd keeps only the chunk's hidden rows and
+recomputes its logits in the backward pass, so peak memory for the loss is a few c x V float32
+buffers however long the batch, instead of the [batch, seq, vocab] logits (and their gradient)
+of a plain cross-entropy.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from tokensft.preprocess.scoring import LogitHead
+from tokensft.train.objectives import TokenTerms
+
+
+def _chunk_terms(hidden: torch.Tensor, targets: torch.Tensor, prior_ids: torch.Tensor | None,
+                 head: LogitHead, self_ce: bool, uniform_ce: bool) -> tuple[torch.Tensor, ...]:
+    """The terms of one chunk: hidden (c, H), targets (c,), prior_ids (c, K) or None."""
+    logits = head(hidden)  # (c, V) float32
+    log_z = torch.logsumexp(logits, dim=-1)  # (c,)
+    out = [logits.gather(1, targets[:, None]).squeeze(1) - log_z]  # logp (c,)
+    if prior_ids is not None:
+        out.append(logits.gather(1, prior_ids) - log_z[:, None])  # (c, K)
+    if self_ce:
+        logp_all = logits - log_z[:, None]  # (c, V)
+        out.append(-(logp_all.detach().exp() * logp_all).sum(dim=-1))  # -sum sg(p) log p, (c,)
+    if uniform_ce:
+        out.append(log_z - logits.mean(dim=-1))  # -(1/V) sum_v log p_v, (c,)
+    return tuple(out)
+
+
+def target_terms(
+    hidden: torch.Tensor, targets: torch.Tensor, head: LogitHead, chunk_size: int = 1024,
+    prior_ids: torch.Tensor | None = None, prior_logprobs: torch.Tensor | None = None,
+    self_ce: bool = False, uniform_ce: bool = False, recompute: bool = True,
+) -> TokenTerms:
+    """TokenTerms for N targets.
+
+    hidden: (N, H); targets: (N,) ids; prior_ids: (N, K) ids of a stored sparse prior with
+    prior_logprobs (N, K) their stored log-probs (-inf pads rows with fewer than K entries).
+    recompute: checkpoint each chunk (training); False when no gradient is needed.
+    """
+    use_checkpoint = recompute and torch.is_grad_enabled() and hidden.requires_grad
+    parts: list[tuple[torch.Tensor, ...]] = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        sl = slice(start, start + chunk_size)
+        args = (hidden[sl], targets[sl], prior_ids[sl] if prior_ids is not None else None, head, self_ce, uniform_ce)
+        parts.append(checkpoint(_chunk_terms, *args, use_reentrant=False) if use_checkpoint else _chunk_terms(*args))
+    if not parts:  # no targets: empty terms that still carry the graph (a zero loss backpropagates)
+        parts = [_chunk_terms(hidden[:0], targets[:0], prior_ids[:0] if prior_ids is not None else None,
+                              head, self_ce, uniform_ce)]
+    columns = [torch.cat(column) for column in zip(*parts)]
+    terms = TokenTerms(logp=columns.pop(0))
+    if prior_ids is not None:
+        terms.prior_logp = columns.pop(0)
+        # renormalize the stored top-k to a distribution over its K ids (Target-SFT's pi)
+        terms.prior_probs = torch.softmax(prior_logprobs.float(), dim=-1).nan_to_num(0.0)
+    if self_ce:
+        terms.self_ce = columns.pop(0)
+    if uniform_ce:
+        terms.uniform_ce = columns.pop(0)
+    return terms

@@ -1,0 +1,155 @@
+"""Training data from a scored (and enriched) dataset: checks, split, order, padded micro-batches.
+
+    data = TrainData.open(DIR, objective, mask, ref)   # checks the columns the objective needs
+    data.train_indices / data.eval_indices             # held-out split by a hash of the id
+    data.step_indices(step, global_batch, seed)        # the examples of one optimizer step
+    batch = data.collate(indices, pad_id)              # tensors, padded to the longest
+
+The order depends only on (seed, epoch), and a step's examples are split across processes and
+micro-batches after being drawn, so any process count sees the same global batches, and a
+resumed run draws exactly the batches it would have drawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from tokensft.errors import ConfigError
+from tokensft.preprocess.masks import parse_mask
+from tokensft.schema import IGNORE_INDEX, load, load_metadata
+from tokensft.train.objectives import Objective
+
+
+@dataclass
+class Columns:
+    mask: str | None = None  # mask_<name>
+    prior_ids: str | None = None  # topk_ids | teacher_topk_ids
+    prior_logprobs: str | None = None
+    ref: str | None = None  # ref_mean_logprob | ref_<name>_mean_logprob
+
+
+def needed_columns(directory: str, objective: Objective, mask: str | None, ref: str | None, names: set[str]) -> Columns:
+    """The extra columns an objective needs, or a ConfigError naming the command that adds them."""
+    cols = Columns()
+    if mask:
+        cols.mask = parse_mask(mask).column
+        if cols.mask not in names:
+            raise ConfigError(f"{directory}: no column {cols.mask}; add it with `tokensft enrich {directory} --mask "
+                              f"'{parse_mask(mask).spec}'`")
+    if objective.prior == "scorer":
+        cols.prior_ids, cols.prior_logprobs = "topk_ids", "topk_logprobs"
+        if "topk_ids" not in names:
+            raise ConfigError(f"{directory}: qtarget prior=scorer needs the scorer's top-k; re-score with "
+                              "`tokensft score ... --top-k 20` (or use prior=teacher/self/uniform)")
+    if objective.prior == "teacher":
+        cols.prior_ids, cols.prior_logprobs = "teacher_topk_ids", "teacher_topk_logprobs"
+        if "teacher_topk_ids" not in names:
+            raise ConfigError(f"{directory}: qtarget prior=teacher needs a teacher; add one with "
+                              f"`tokensft enrich {directory} --teacher MODEL --top-k 20`")
+    if objective.name == "poft":
+        cols.ref = f"ref_{ref}_mean_logprob" if ref else "ref_mean_logprob"
+        if cols.ref not in names:
+            raise ConfigError(f"{directory}: poft needs {cols.ref}; add references with "
+                              f"`tokensft enrich {directory} --ref MODEL" + (f" --ref-name {ref}`" if ref else "`"))
+    return cols
+
+
+def _in_eval(example_id: str, fraction: float, seed: int) -> bool:
+    digest = hashlib.blake2b(f"{seed}:{example_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64 < fraction
+
+
+class TrainData:
+    def __init__(self, directory: str, objective: Objective, mask: str | None = None, ref: str | None = None,
+                 eval_fraction: float = 0.0, seed: int = 0, skip_invalid: bool = False):
+        self.directory = directory
+        self.meta = load_metadata(directory)
+        self.dataset = load(directory)
+        self.table: pa.Table = self.dataset.data.table
+        self.columns = needed_columns(directory, objective, mask, ref, set(self.table.column_names))
+        ids = self.table.column("id").to_pylist()
+        self.ids = ids
+        usable = np.ones(len(ids), dtype=bool)
+        self.skipped = 0
+        if self.columns.ref:
+            ref_values = self.table.column(self.columns.ref).to_numpy(zero_copy_only=False)
+            missing = np.isnan(ref_values)
+            if missing.any() and not skip_invalid:
+                first = int(np.flatnonzero(missing)[0])
+                raise ConfigError(f"{directory}: {int(missing.sum())} examples have no {self.columns.ref} (NaN; the first "
+                                  f"is {ids[first]!r}); re-enrich them, or pass --skip-invalid to train without them")
+            usable &= ~missing
+            self.skipped = int(missing.sum())
+        in_eval = np.array([_in_eval(i, eval_fraction, seed) for i in ids], dtype=bool) if eval_fraction > 0 else np.zeros(len(ids), bool)
+        self.train_indices = np.flatnonzero(usable & ~in_eval)
+        self.eval_indices = np.flatnonzero(usable & in_eval)
+        if len(self.train_indices) == 0:
+            raise ConfigError(f"{directory}: no examples left to train on")
+
+    def step_indices(self, step: int, global_batch: int, seed: int) -> np.ndarray:
+        """The train examples of optimizer step `step` (0-based): epochs are fresh permutations."""
+        n = len(self.train_indices)
+        start = step * global_batch
+        out = []
+        while len(out) < global_batch:
+            epoch, offset = divmod(start + len(out), n)
+            order = np.random.default_rng([seed, epoch]).permutation(n)
+            take = min(global_batch - len(out), n - offset)
+            out.extend(order[offset:offset + take])
+        return self.train_indices[np.array(out)]
+
+    def collate(self, indices, pad_id: int) -> dict:
+        """Tensors for a micro-batch, right-padded to its longest example (labels -100 at padding)."""
+        rows = self.table.take(pa.array(np.asarray(indices, dtype=np.int64)))
+        input_ids = rows.column("input_ids").to_pylist()
+        labels = rows.column("labels").to_pylist()
+        width = max(len(x) for x in input_ids)
+        batch_size = len(input_ids)
+        batch = {
+            "input_ids": torch.full((batch_size, width), pad_id, dtype=torch.long),
+            "labels": torch.full((batch_size, width), IGNORE_INDEX, dtype=torch.long),
+            "attention_mask": torch.zeros((batch_size, width), dtype=torch.long),
+            "ids": rows.column("id").to_pylist(),
+        }
+        for b, (ids, lab) in enumerate(zip(input_ids, labels)):
+            batch["input_ids"][b, :len(ids)] = torch.tensor(ids)
+            batch["labels"][b, :len(lab)] = torch.tensor(lab)
+            batch["attention_mask"][b, :len(ids)] = 1
+        if self.columns.mask:
+            batch["mask"] = torch.zeros((batch_size, width), dtype=torch.int8)
+            for b, m in enumerate(rows.column(self.columns.mask).to_pylist()):
+                batch["mask"][b, :len(m)] = torch.tensor(m, dtype=torch.int8)
+        if self.columns.prior_ids:
+            batch["prior_ids"], batch["prior_logprobs"] = _sparse_prior(
+                rows.column(self.columns.prior_ids), rows.column(self.columns.prior_logprobs), width)
+        if self.columns.ref:
+            batch["ref_logprob"] = torch.tensor(rows.column(self.columns.ref).to_numpy(zero_copy_only=False), dtype=torch.float32)
+        return batch
+
+
+def _sparse_prior(ids_column, lp_column, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, K) ids and log-probs from list<list<>> columns; non-targets get id 0 and -inf."""
+    ids_arr, lp_arr = ids_column.combine_chunks(), lp_column.combine_chunks()
+    tokens = ids_arr.flatten()  # ListArray over all tokens of the batch
+    k = int(np.max(np.diff(tokens.offsets.to_numpy()), initial=0))
+    batch_size = len(ids_arr)
+    out_ids = torch.zeros((batch_size, width, max(k, 1)), dtype=torch.long)
+    out_lp = torch.full((batch_size, width, max(k, 1)), float("-inf"))
+    outer = ids_arr.offsets.to_numpy() - ids_arr.offsets[0].as_py()
+    inner = tokens.offsets.to_numpy() - tokens.offsets[0].as_py()
+    flat_ids = tokens.flatten().to_numpy()
+    flat_lp = lp_arr.flatten().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    counts = np.diff(inner)  # (total tokens,)
+    full = np.flatnonzero(counts == k) if k else np.zeros(0, np.int64)  # tokens carrying K entries
+    row_of = np.searchsorted(outer, full, side="right") - 1
+    pos_of = full - outer[row_of]
+    starts = inner[full]
+    gather = starts[:, None] + np.arange(k)[None, :]  # (n, K)
+    out_ids[row_of, pos_of] = torch.from_numpy(flat_ids[gather].astype(np.int64))
+    out_lp[row_of, pos_of] = torch.from_numpy(flat_lp[gather])
+    return out_ids, out_lp

@@ -1,0 +1,101 @@
+"""One micro-batch's loss: backbone -> hidden at targets -> chunked terms -> objective -> normalized.
+
+    hidden = backbone(input_ids)                      # (B, T, H); no lm_head over all positions
+    h, y   = hidden[b, t-1], labels[b, t]             # (N, H), (N,) for every target (b, t)
+    terms  = target_terms(h, y, head, ...)            # chunked, recomputed in backward
+    loss_t, kept = token_loss(objective, terms)       # (N,), (N,)  (or PoFT per sequence)
+    loss   = sum(loss_t * mask) / denominator         # denominator: global over accumulation + processes
+
+Normalization (`--normalize`): the denominator is counted over the whole optimizer step -- every
+micro-batch of the gradient-accumulation window, on every process -- before the first backward,
+so accumulation and data parallelism give the gradient of one big batch:
+    all-targets   supervised targets (labels != -100), counted before any masking (ProFit, TRL)
+    kept-targets  targets kept by the stored --mask (exact), or, for online thresholds, by the
+                  current p: then each micro-batch divides by its own kept count (BLL's code
+                  does the same per micro-batch) and micro-batches are averaged
+    sequences     mean over sequences of each sequence's mean target loss (PoFT)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tokensft.preprocess.scoring import LogitHead
+from tokensft.schema import IGNORE_INDEX
+from tokensft.train.chunked import target_terms
+from tokensft.train.objectives import Objective, poft_loss, token_loss
+
+
+@dataclass
+class Denominator:
+    """Counts over one optimizer step (all micro-batches, all processes)."""
+
+    targets: float
+    sequences: float
+    kept: float | None  # kept targets by the stored mask; None when it depends on the current p
+    micro_batches: int  # micro-batches per process in the step
+    world_size: int = 1
+
+
+def count_batch(batch: dict) -> dict:
+    """What a micro-batch contributes to the step's Denominator (before any forward)."""
+    target = batch["labels"] != IGNORE_INDEX  # (B, T)
+    kept = (target & batch["mask"].bool()).sum().item() if "mask" in batch else target.sum().item()
+    return {"targets": float(target.sum().item()), "sequences": float((target.sum(1) > 0).sum().item()),
+            "kept": float(kept)}
+
+
+def micro_batch_loss(model, batch: dict, objective: Objective, normalize: str, denominator: Denominator,
+                     chunk_size: int = 1024) -> tuple[torch.Tensor, dict]:
+    """The micro-batch's share of the step loss (backward it as is) and its metrics (sums)."""
+    labels = batch["labels"]
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                                 use_cache=False).last_hidden_state  # (B, T, H)
+    rows, cols = torch.nonzero(labels != IGNORE_INDEX, as_tuple=True)  # (N,), (N,); cols >= 1
+    prior = objective.prior
+    prior_ids = prior_lp = None
+    if prior in ("teacher", "scorer"):
+        prior_ids = batch["prior_ids"][rows, cols]  # (N, K)
+        prior_lp = batch["prior_logprobs"][rows, cols]  # (N, K)
+    terms = target_terms(hidden[rows, cols - 1], labels[rows, cols], LogitHead(model), chunk_size,
+                         prior_ids=prior_ids, prior_logprobs=prior_lp,
+                         self_ce=prior == "self", uniform_ce=prior == "uniform")
+    n_seq = labels.shape[0]
+    per_seq_targets = torch.zeros(n_seq, device=labels.device).index_add_(0, rows, torch.ones_like(rows, dtype=torch.float))
+    stats = {"p_sum": terms.logp.detach().exp().sum().item(), "targets": float(len(rows))}
+    if objective.sequence_level:  # PoFT: s = mean target log-prob of each sequence
+        seq_logp = torch.zeros(n_seq, device=labels.device).index_add(0, rows, terms.logp) / per_seq_targets.clamp(min=1)
+        has = per_seq_targets > 0
+        loss_seq, weight = poft_loss(seq_logp[has], batch["ref_logprob"][has], **objective.params)
+        total = loss_seq.sum()
+        stats.update(kept=float(len(rows)), poft_weight_sum=weight.sum().item(), poft_sequences=float(has.sum().item()))
+    else:
+        loss_t, kept = token_loss(objective, terms)  # (N,), (N,)
+        if "mask" in batch:
+            stored = batch["mask"][rows, cols].bool()  # (N,)
+            loss_t = torch.where(stored, loss_t, torch.zeros_like(loss_t))
+            kept = kept & stored
+        stats["kept"] = float(kept.sum().item())
+        if normalize == "sequences":
+            per_seq = torch.zeros(n_seq, device=labels.device).index_add(0, rows, loss_t)
+            total = (per_seq / per_seq_targets.clamp(min=1)).sum()
+        else:
+            total = loss_t.sum()
+    loss = total / _denominator(normalize, denominator, stats["kept"]) * denominator.world_size
+    stats["loss_sum"] = total.item()
+    return loss, stats
+
+
+def _denominator(normalize: str, d: Denominator, kept_here: float) -> float:
+    """The divisor making the sum over micro-batches and processes the step's normalized loss.
+    (DDP averages gradients over processes, hence the caller's * world_size.)"""
+    if normalize == "all-targets":
+        return max(d.targets, 1.0)
+    if normalize == "sequences":
+        return max(d.sequences, 1.0)
+    if d.kept is not None:
+        return max(d.kept, 1.0)
+    # online threshold: this micro-batch's own kept count; micro-batches and processes averaged
+    return max(kept_here, 1.0) * d.micro_batches * d.world_size

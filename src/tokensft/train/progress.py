@@ -1,0 +1,39 @@
+"""Per-step metrics: one JSON line per optimizer step in OUTPUT/metrics.jsonl, and a progress bar."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+class StepLog:
+    """Appends metrics as JSON lines (main process only). On resume from step `start`, lines of
+    later steps (written before the kill, after the checkpoint) are dropped: they are redone."""
+
+    def __init__(self, path: Path, total: int, start: int, disable: bool, main: bool = True):
+        self.path, self.main = path, main
+        if main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            kept = []
+            if path.is_file():
+                kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                        if line.strip() and json.loads(line).get("step", 0) <= start]
+            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        self.bar = tqdm(total=total, initial=start, unit="step", file=sys.stderr, disable=disable, dynamic_ncols=True,
+                        desc="training")
+
+    def write(self, metrics: dict) -> None:
+        if not self.main:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if "loss" in metrics:
+            self.bar.set_postfix_str(f"loss {metrics['loss']:.4f} p {metrics['mean_p']:.3f} "
+                                     f"{metrics['targets_per_s']:,.0f} tgt/s", refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
