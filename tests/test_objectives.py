@@ -113,17 +113,31 @@ def test_case_exercises_thresholds():
         assert 0 < int((p >= q).sum()) < N and (p - q).abs().min() > 1e-4
 
 
-def test_p_and_dft_share_gradient():
-    """-p and DFT have the same logit gradient: sg(p) * grad(-log p) = grad(1 - p)."""
-    torch.testing.assert_close(run_objective("p")[2], run_objective("dft")[2], atol=1e-6, rtol=1e-6)
+@pytest.mark.parametrize("spec", ["p", "qtarget:gamma=p,prior=self"])
+def test_dft_gradient(spec):
+    """-p, and qtarget with Q = sg(p) onehot + (1 - sg(p)) sg(p_model), have DFT's logit gradient p_y (p - onehot)."""
+    torch.testing.assert_close(run_objective(spec)[2], run_objective("dft")[2], atol=1e-6, rtol=1e-6)
 
 
 def test_power_tends_to_nll():
-    """power:A -> nll as A -> 0 (expm1 keeps it exact)."""
+    """power:A -> nll as A -> 0; at A = 1e-6 every token within 1e-4 (expm1, no 1 - exp cancellation)."""
     loss, _, grad, _ = run_objective("power:1e-4")
     nll, _, nll_grad, _ = run_objective("nll")
     assert abs(loss.sum() / nll.sum() - 1) < 1e-3
     torch.testing.assert_close(grad, nll_grad, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(run_objective("power:1e-6")[0], nll, atol=0, rtol=1e-4)
+
+
+@pytest.mark.parametrize("spec,want", [("threshold-p:0.25", [0, 1, 1]), ("threshold-nll<=:0.25", [1, 1, 0]),
+                                       ("threshold-p<=:0.5", [1, 1, 1]), ("profit:0.5", [0, 0, 1])])
+def test_threshold_boundary_is_inclusive(spec, want):
+    """1[sg(p) >= Q] and 1[sg(p) <= Q] keep a token whose p equals Q exactly (p = 0.25, 0.5 exact in float32)."""
+    logp = torch.log(torch.tensor([0.125, 0.25, 0.5]))
+    assert torch.equal(logp.exp(), torch.tensor([0.125, 0.25, 0.5]))
+    assert token_loss(parse_objective(spec), TokenTerms(logp=logp))[1].tolist() == [bool(w) for w in want]
+    qt = token_loss(parse_objective("qtarget:gamma=threshold:0.25,prior=uniform"),
+                    TokenTerms(logp, uniform_ce=torch.full((3,), 9.0)))
+    assert qt[0].tolist() == [9.0, -logp[1].item(), -logp[2].item()]  # gamma = 1[sg(p) >= T] is inclusive too
 
 
 @pytest.mark.parametrize("spec", ["qtarget", "qtarget:gamma=1,prior=teacher", "qtarget:gamma=1,prior=self",
@@ -147,12 +161,6 @@ def test_uniform_prior_is_label_smoothing(eps):
     ref.backward()
     torch.testing.assert_close(loss.sum(), ref.detach(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(grad, z.grad, atol=1e-6, rtol=1e-5)
-
-
-def test_self_prior_gamma_p_is_dft():
-    """qtarget gamma=p prior=self: Q = sg(p) onehot + (1 - sg(p)) sg(p_model) gives DFT's gradient."""
-    torch.testing.assert_close(run_objective("qtarget:gamma=p,prior=self")[2], run_objective("dft")[2],
-                               atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("spec", QTARGET + ["qtarget:gamma=0.4,prior=teacher"])
@@ -182,16 +190,10 @@ def test_poft_loss(beta, gamma):
     ref = torch.tensor([-0.5, -1.0, -3.0, -0.05, -1.0])
     loss, weight = poft_loss(s, ref, beta, gamma)
     loss.sum().backward()
-    sd, rd = s.detach().double().tolist(), ref.double().tolist()
-    margin = [beta * (a - b) + gamma for a, b in zip(sd, rd)]
-    sig = [1 / (1 + math.exp(-m)) for m in margin]
-    want = torch.tensor([-math.log(x) for x in sig], dtype=torch.float64)
-    want_grad = torch.tensor([-beta * (1 - x) for x in sig], dtype=torch.float64)
-    want_weight = torch.tensor([beta / (1 + math.exp(-(beta * (b - a) - gamma))) for a, b in zip(sd, rd)],
-                               dtype=torch.float64)
-    torch.testing.assert_close(loss.double(), want, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(s.grad.double(), want_grad, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(weight.double(), want_weight, atol=1e-6, rtol=1e-5)
+    sig = [1 / (1 + math.exp(-(beta * (a - b) + gamma))) for a, b in zip(s.tolist(), ref.tolist())]
+    wts = [beta / (1 + math.exp(-(beta * (b - a) - gamma))) for a, b in zip(s.tolist(), ref.tolist())]
+    for got, want in [(loss, [-math.log(x) for x in sig]), (s.grad, [-beta * (1 - x) for x in sig]), (weight, wts)]:
+        torch.testing.assert_close(got.double(), torch.tensor(want, dtype=torch.float64), atol=1e-6, rtol=1e-5)
     assert not weight.requires_grad
 
 
@@ -253,7 +255,7 @@ def chunk_case(n: int, softcap=None):
     targets, ids = torch.randint(0, V, (n,)), torch.randint(0, V, (n, K))
     lps = torch.log_softmax(torch.randn(n, K), -1)
     if n > 3:
-        lps[3, 1:] = float("-inf")
+        lps[3, 1:] = lps[6] = float("-inf")  # row 3 partly padded, row 6 has no prior at all
     return hidden, targets, head, ids, lps
 
 
@@ -274,7 +276,7 @@ def test_chunked_equals_direct(chunk, softcap):
     want = all_terms(hidden, targets, head, ids, lps)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    assert not got[2].requires_grad and got[2][3, 1:].eq(0).all()
+    assert not got[2].requires_grad and got[2][3, 1:].eq(0).all() and got[2][6].eq(0).all()
     total, grads = scalar_and_grads(got, hidden, head)
     want_total, want_grads = scalar_and_grads(want, hidden, head)
     torch.testing.assert_close(total, want_total, atol=1e-5, rtol=1e-5)

@@ -2,6 +2,7 @@
 
     tokensft score INPUT --output DIR [--model M] [--top-k K] ...   score every target token
     tokensft enrich DIR [--mask SPEC] [--ref M] [--teacher M]        masks, PoFT references, teacher top-k
+    tokensft train DIR --objective SPEC --output CKPT [--mask SPEC]  weighted/masked/soft-target SFT
     tokensft merge DIR                                               finish a multi-rank output
     tokensft inspect DIR                                             metadata, counts, examples
 
@@ -226,6 +227,74 @@ def _print_summary(summary: dict) -> None:
         )
 
 
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="fine-tune on a scored dataset with a probability-aware objective",
+        description="Supervised fine-tuning from a scored (and enriched) dataset with any objective of the papers, "
+        "memory-lean (no [batch, seq, vocab] logits). Run with `accelerate launch -m tokensft train ...` for "
+        "several processes or machines.", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="objectives (default --normalize in brackets):\n"
+        "  nll                       -log p                                  [all-targets]\n"
+        "  p | power:A | dft         1-p | (1-p^A)/A (power:10 = -p^10) | -sg(p) log p   [all-targets]\n"
+        "  threshold-p:Q, threshold-nll:Q (and threshold-p<=:Q, threshold-nll<=:Q)\n"
+        "                            1-p or -log p on targets whose current p >= Q (<= Q)  [kept-targets]\n"
+        "  profit[:T]                ProFit online: -log p where sg(p) >= T (0.1)  [all-targets]\n"
+        "  --mask SPEC               any objective restricted to a stored mask, e.g. --objective nll --mask 'prob>=0.1'\n"
+        "  poft[:beta=1,gamma=0]     -log sigmoid(beta (s - s_ref) + gamma), s = mean target log p  [sequences]\n"
+        "  qtarget[:gamma=G,prior=P] CE to Q = G onehot(y) + (1-G) prior; G = constant | p | p^A | threshold:T;\n"
+        "                            P = teacher | scorer (stored top-k) | self (sg model) | uniform  [all-targets]\n"
+        "normalize: all-targets = divide by every supervised token of the global batch (across accumulation and\n"
+        "processes, counted before masking: ProFit, TRL); kept-targets = by the kept ones (Beyond Log Likelihood);\n"
+        "sequences = mean over sequences of their mean token loss (PoFT).",
+    )
+    p.add_argument("data", help="a dataset written by `tokensft score` (and `enrich`)")
+    p.add_argument("--output", "-o", required=True, help="checkpoint directory (the final model, checkpoints/, metrics.jsonl)")
+    p.add_argument("--model", "-m", default="smollm2-135m-instruct", help="the model to train (must share the scorer's tokenizer)")
+    p.add_argument("--objective", default="nll", help="see below; default %(default)s")
+    p.add_argument("--mask", help="train only on a stored mask's tokens: its spec or name (tokensft enrich --mask)")
+    p.add_argument("--ref", help="poft: the reference to compare with (ref_<name>_mean_logprob; default ref_mean_logprob)")
+    p.add_argument("--normalize", choices=["all-targets", "kept-targets", "sequences"], help="default: the objective's own")
+    h = p.add_argument_group("optimization (defaults from Beyond Log Likelihood's scripts)")
+    h.add_argument("--learning-rate", "--lr", type=float, default=5e-5)
+    h.add_argument("--epochs", type=float, default=1.0)
+    h.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
+    h.add_argument("--batch-size", type=int, default=4, help="sequences per micro-batch per process")
+    h.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    h.add_argument("--warmup", type=float, default=0.1, help="warmup fraction of the steps (cosine schedule)")
+    h.add_argument("--weight-decay", type=float, default=0.01)
+    h.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
+    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--chunk-size", type=int, default=1024, help="target rows per lm_head chunk (memory)")
+    h.add_argument("--dtype", default="auto", help="auto: bf16 autocast on CUDA, fp32 on CPU; float32 to force fp32")
+    e = p.add_argument_group("evaluation, checkpoints")
+    e.add_argument("--eval-fraction", type=float, default=0.0, help="held-out fraction (by a hash of the id)")
+    e.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (and at the end)")
+    e.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (resume: rerun the command)")
+    e.add_argument("--keep-checkpoints", type=int, default=2)
+    e.add_argument("--skip-invalid", action="store_true", help="poft: train without examples lacking a reference score")
+    e.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> int:
+    from tokensft.train.loop import TrainConfig, train
+
+    config = TrainConfig(
+        data=args.data, output=args.output, model=args.model, objective=args.objective, mask=args.mask, ref=args.ref,
+        normalize=args.normalize, learning_rate=args.learning_rate, epochs=args.epochs, max_steps=args.max_steps,
+        batch_size=args.batch_size, grad_accum=args.grad_accum, warmup=args.warmup, weight_decay=args.weight_decay,
+        clip=args.clip, seed=args.seed, chunk_size=args.chunk_size, eval_fraction=args.eval_fraction,
+        eval_every=args.eval_every, save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
+        dtype=args.dtype, skip_invalid=args.skip_invalid, quiet=args.quiet,
+    )
+    summary = train(config)
+    metrics = summary["metrics"]
+    print(f"trained model: {summary['output']} ({summary['steps']} steps, normalize {summary['normalize']}); "
+          f"last loss {metrics.get('loss', float('nan')):.4f}, mean target p {metrics.get('mean_p', float('nan')):.3f}"
+          + (f", eval nll {metrics['eval_nll']:.4f}" if "eval_nll" in metrics else ""))
+    return 0
+
+
 def _add_merge(sub) -> None:
     p = sub.add_parser("merge", help="finish an output written by several ranks (automatic when the last rank ends)")
     p.add_argument("directory")
@@ -263,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_score(sub)
     _add_enrich(sub)
+    _add_train(sub)
     _add_merge(sub)
     _add_inspect(sub)
     return parser

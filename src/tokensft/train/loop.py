@@ -125,7 +125,9 @@ def train(config: TrainConfig) -> dict:
                           "(token fingerprints differ); train a model that shares the scorer's tokenizer")
     use_cuda = torch.cuda.is_available()
     precision = "bf16" if config.dtype in ("auto", "bfloat16") and use_cuda else "no"
-    accelerator = Accelerator(mixed_precision=precision, cpu=not use_cuda)
+    # step_scheduler_with_optimizer=False: one schedule step per optimizer step whatever the process
+    # count (accelerate would otherwise step it once per process, assuming a per-process data loader)
+    accelerator = Accelerator(mixed_precision=precision, cpu=not use_cuda, step_scheduler_with_optimizer=False)
     set_seed(config.seed)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
     model.config.use_cache = False
@@ -166,7 +168,7 @@ def train(config: TrainConfig) -> dict:
                     raise TrainingDiverged(f"step {step + 1}: non-finite loss ({loss.item()}) on examples "
                                            f"{', '.join(batch['ids'][:5])}; the last good checkpoint is kept in {output}")
                 accelerator.backward(loss)
-            stats["loss"] = loss.item()
+            stats["loss"] = loss.item() / world  # undo the * world_size that offsets DDP's gradient averaging
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value
         grad_norm = accelerator.clip_grad_norm_(module.parameters(), config.clip)
