@@ -272,3 +272,91 @@ def test_old_copy_left_by_a_kill_after_the_swap_is_removed(tmp_path, tiny_dirs):
     shutil.copytree(out, staging)
     assert enrich_cli(out, "--mask", "prob>=0.001") == 0  # nothing to do, but the leftover still goes
     assert not staging.exists()
+
+
+def test_concurrent_in_place_enrichments_never_lose_the_dataset(tmp_path, tiny_dirs):
+    import subprocess
+    import sys
+
+    out = scored(tmp_path, tiny_dirs["bpe"])
+    runs = [subprocess.Popen([sys.executable, "-m", "tokensft", "enrich", str(out), "-q", "--mask", spec],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for spec in ("prob>=0.001", "top-frac:0.5", "prob>=0.001")]
+    codes = [r.wait(timeout=120) for r in runs]
+    assert set(codes) <= {0, 2} and 0 in codes, [r.stderr.read() for r in runs]
+    table = table_of(out)  # whole and loadable whatever the interleaving
+    assert table.num_rows == len(CHATS) and ("mask_prob_ge_0.001" in table.column_names or "mask_top_frac_0.5" in table.column_names)
+    assert not (out.parent / f".{out.name}.enrich").exists()
+
+
+def test_in_place_refuses_foreign_files_and_follows_dot_and_symlinks(tmp_path, tiny_dirs, capsys, monkeypatch):
+    out = scored(tmp_path, tiny_dirs["bpe"])
+    (out / "NOTES.md").write_text("mine")
+    assert enrich_cli(out, "--mask", "prob>=0.001") == 2
+    assert "NOTES.md" in capsys.readouterr().err and (out / "NOTES.md").read_text() == "mine"
+    (out / "NOTES.md").unlink()
+    link = tmp_path / "link"
+    link.symlink_to(out)
+    assert enrich_cli(link, "--mask", "prob>=0.001") == 0
+    assert link.is_symlink() and "mask_prob_ge_0.001" in table_of(out).column_names
+    monkeypatch.chdir(out)
+    assert main(["enrich", ".", "-q", "--mask", "top-frac:0.5"]) == 0
+    assert "mask_top_frac_0.5" in table_of(out).column_names
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".scored.enrich.lock"]
+
+
+def test_kill_between_finish_and_swap_then_score_rerun(tmp_path, tiny_dirs, monkeypatch, capsys):
+    out = scored(tmp_path, tiny_dirs["bpe"])
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(enrich_module, "_swap", killed)
+    assert enrich_cli(out, "--mask", "prob>=0.001") == 130
+    monkeypatch.undo()
+    assert "mask_prob_ge_0.001" not in table_of(out).column_names
+    assert enrich_cli(out, "--mask", "top-frac:0.5") == 0  # the pending swap is applied first, then this
+    assert {"mask_prob_ge_0.001", "mask_top_frac_0.5"} <= set(table_of(out).column_names)
+    capsys.readouterr()
+    data = tmp_path / "data.jsonl"
+    assert main(["score", str(data), "--model", str(tiny_dirs["bpe"]), "-o", str(out), "-q", "--shard-size", "3"]) == 0
+    assert "already complete" in capsys.readouterr().out
+
+
+def test_reference_with_a_new_template_is_rescored(tmp_path, tiny_dirs):
+    out = scored(tmp_path, tiny_dirs["bpe"])
+    other = tmp_path / "other"
+    shutil.copytree(tiny_dirs["sp"], other)
+    assert enrich_cli(out, "--ref", str(other), "--ref-name", "x") == 0
+    before = tokensft.load(out)["ref_x_mean_logprob"]
+    tokenizer = AutoTokenizer.from_pretrained(other)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + eos_token }}{% endfor %}"
+    tokenizer.save_pretrained(other)
+    assert enrich_cli(out, "--ref", str(other), "--ref-name", "x") == 0
+    assert tokensft.load(out)["ref_x_mean_logprob"] != before
+
+
+def test_score_with_enrichment_on_two_ranks(tmp_path, tiny_dirs):
+    data = write_jsonl(tmp_path / "data.jsonl", CHATS)
+    for rank in (1, 0):
+        args = ["score", str(data), "--model", str(tiny_dirs["bpe"]), "-o", str(tmp_path / "out"), "-q",
+                "--shard-size", "3", "--rank", str(rank), "--world-size", "2", "--mask", "prob>=0.001", "--ref", str(tiny_dirs["sp"])]
+        assert main(args) == 0
+    meta = tokensft.load_metadata(tmp_path / "out")
+    assert "mask_prob_ge_0.001" in meta["enrichment"]["masks"] and len(meta["enrichment"]["refs"]) == 1
+
+
+def test_more_bad_input_is_one_line(tmp_path, tiny_dirs, teacher_dir, capsys):
+    out = scored(tmp_path, tiny_dirs["bpe"])
+    for args, message in [(["--mask", "random_0.5_seed-1"], "seed"), (["--ref", str(tiny_dirs["sp"]), "--chunk-size", "0"], "positive"),
+                          (["--teacher", str(teacher_dir), "--top-k", "0"], "K >= 1")]:
+        assert enrich_cli(out, *args) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (args, err)
+    data = tmp_path / "data.jsonl"
+    assert main(["score", str(data), "--model", str(tiny_dirs["bpe"]), "-o", str(tmp_path / "new"), "-q",
+                 "--mask", "teacher:prob>=0.1"]) == 2
+    assert "needs a teacher" in capsys.readouterr().err and not (tmp_path / "new").exists()  # refused before scoring
+    (out / "tokensft.json").write_text("[]")
+    assert enrich_cli(out, "--mask", "prob>=0.1") == 2
+    assert "corrupt" in capsys.readouterr().err

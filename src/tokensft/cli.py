@@ -96,12 +96,22 @@ def _cmd_score(args) -> int:
         rank=args.rank, world_size=args.world_size, overwrite=args.overwrite, resume=args.resume, skip_invalid=args.skip_invalid,
         quiet=args.quiet, command=shlex.join(["tokensft", *args.argv]),
     )
-    enrich_config = _enrich_config(args, input=args.output, top_k=args.teacher_top_k or args.top_k or 20)
-    enrich_config.validate()  # a bad --mask fails now, not after hours of scoring
+    teacher_top_k = args.teacher_top_k if args.teacher_top_k is not None else (args.top_k if args.top_k > 0 else 20)
+    enrich_config = _enrich_config(args, input=args.output, top_k=teacher_top_k)
+    # The rank that completes the scoring enriches the whole dataset (on a rerun of a finished
+    # output: rank 0), so ranks never race to swap it.
+    enrich_config.rank, enrich_config.world_size, enrich_config.overwrite = 0, 1, False
+    if enrich_config.requested:
+        from tokensft.preprocess.enrich import preflight
+
+        preflight(enrich_config, args.model)  # a bad --mask/--ref/--teacher fails now, not after hours of scoring
     summary = score(config)
     _print_summary(summary)
-    if enrich_config.requested and summary["status"] in ("finished", "already-finished"):
-        _print_enrich(_run_enrich(enrich_config))
+    if enrich_config.requested:
+        if summary["status"] == "finished" or (summary["status"] == "already-finished" and args.rank == 0):
+            _print_enrich(_run_enrich(enrich_config))
+        elif summary["status"] == "rank-done":
+            print("  enrichment: done by the rank that finishes the scoring")
     return 0
 
 
@@ -202,7 +212,8 @@ def _add_enrich(sub) -> None:
 
 
 def _cmd_enrich(args) -> int:
-    config = _enrich_config(args, input=args.directory, top_k=args.teacher_top_k or 20, output=args.output)
+    top_k = args.teacher_top_k if args.teacher_top_k is not None else 20
+    config = _enrich_config(args, input=args.directory, top_k=top_k, output=args.output)
     if not config.requested:
         raise TokensftError("nothing to add: give --mask, --ref or --teacher")
     _print_enrich(_run_enrich(config))

@@ -117,6 +117,8 @@ def load_metadata(path: str | Path) -> dict:
         meta = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{file}: metadata is unreadable or corrupt ({exc}); re-run `tokensft merge {path}`") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict) or not isinstance(meta.get("enrichment", {}), dict):
+        raise ConfigError(f"{file}: metadata is corrupt (not the object tokensft writes); re-run `tokensft merge {path}`")
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ConfigError(

@@ -20,7 +20,6 @@ import hashlib
 import json
 import shutil
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +72,10 @@ class EnrichConfig:
             raise ConfigError(f"--ref-max-length {self.ref_max_length}: must be at least 2")
         if not 0 <= self.rank < self.world_size:
             raise ConfigError(f"--rank {self.rank} --world-size {self.world_size}: need 0 <= rank < world size")
+        if (self.batch_tokens is not None and self.batch_tokens < 1) or self.chunk_size < 1:
+            raise ConfigError("--batch-tokens and --chunk-size must be positive")
+        if self.world_size > 1 and self.overwrite:
+            raise ConfigError("--overwrite with several ranks: delete the output directory first instead")
         for text in self.masks:
             parse_mask(text)
 
@@ -82,13 +85,75 @@ class EnrichConfig:
 
 
 def enrich(config: EnrichConfig) -> dict:
-    """Run (or resume) an enrichment. Returns a summary: status, output, metadata when finished."""
+    """Run (or resume) an enrichment. Returns a summary: status, output, metadata when finished.
+
+    Planning, preparing and completing (assembly, finish, swap) run under one lock per dataset
+    (for in-place runs a sibling file, never swapped): concurrent runs wait, resume the same
+    work, or are refused, and the swap only happens onto the dataset the plan was made from.
+    """
     config.validate()
-    source = Path(config.input)
+    source = Path(config.input).resolve()  # `.`, `..` and symlinks: enrich the real directory
+    in_place = config.output is None or Path(config.output).resolve() == source
+    target = _staging(source) if in_place else Path(config.output).resolve()
+    rank_lock = None
+    with _lock(source, target, in_place):
+        if in_place:
+            _settle_staging(source)
+        meta, source_run, masks, jobs = _plan(config, source, in_place)
+        if in_place and not masks and not jobs:
+            return {"status": "already-enriched", "output": str(source), "metadata": meta}
+        identity = {
+            "kind": "enrich", "source": source_run["fingerprint"], "masks": [m.spec for m in masks],
+            "jobs": [j.identity for j in jobs], "skip_invalid": config.skip_invalid,
+        }
+        if not in_place and _finished_run(target, identity) is not None:
+            return {"status": "already-finished", "output": str(target), "metadata": output.load_finished(target)}
+        fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        run = {"identity": identity, "metadata": {}, "num_chunks": source_run["num_chunks"], "fingerprint": fingerprint}
+        _prepare(target, run, overwrite=config.overwrite or in_place)
+        rank_lock = output.RankLock(target, config.rank).__enter__()
+    try:
+        for job in jobs:
+            _run_job(config, job, source, target, run["num_chunks"])
+        with _lock(source, target, in_place):
+            return _complete(config, source, target, in_place, meta, source_run, masks, jobs, run)
+    finally:
+        rank_lock.__exit__(None, None, None)
+
+
+def preflight(config: EnrichConfig, scorer: str) -> None:
+    """Check an enrichment request before the dataset exists (`score --mask/--ref/--teacher`):
+    specs parse, models resolve, the teacher shares the scorer's tokenizer, teacher masks have a teacher."""
+    from tokensft.preprocess.models import load_tokenizer, resolve_model_dir, tokenizer_fingerprint
+
+    config.validate()
+    masks = [parse_mask(t) for t in config.masks]
+    if any(m.source == "teacher" for m in masks) and not config.teacher:
+        raise ConfigError(f"--mask {next(m.spec for m in masks if m.source == 'teacher')!r} needs a teacher: add --teacher MODEL")
+    if config.refs or config.teacher:
+        token_fingerprint = tokenizer_fingerprint(load_tokenizer(resolve_model_dir(scorer)[0]), chat_template=False)
+        _resolve_jobs(config, {"token_fingerprint": token_fingerprint})
+
+
+def _lock(source: Path, target: Path, in_place: bool):
+    """In place: a sibling `.NAME.enrich.lock` (the dataset and its staging both get swapped);
+    into --output: that output's own lock."""
+    if in_place:
+        return output.OutputLock(source.parent, name=f".{source.name}.enrich.lock")
+    return output.OutputLock(target)
+
+
+def _plan(config: EnrichConfig, source: Path, in_place: bool) -> tuple[dict, dict, list[MaskSpec], list]:
+    """What to compute: the request minus what the dataset already holds with the same provenance."""
     meta = load_metadata(source)
     source_run = output.read_run(source)
     if source_run is None:
         raise ConfigError(f"{source}: no .tokensft/run.json; this dataset was not written by `tokensft score`")
+    if in_place:
+        foreign = sorted(p.name for p in source.iterdir() if not output.is_ours(p.name))
+        if foreign:
+            raise ConfigError(f"{source} holds files tokensft did not write ({', '.join(foreign[:3])}); enriching in "
+                              "place replaces the directory, so move them away or write a copy with --output")
     masks = list({m.column: m for m in (parse_mask(t) for t in config.masks)}.values())
     jobs = _resolve_jobs(config, meta) if config.refs or config.teacher else []
     present = meta.get("enrichment", {})
@@ -101,45 +166,38 @@ def enrich(config: EnrichConfig) -> dict:
     with pa.memory_map(str(source / shard_name(0))) as f:
         columns = set(pa.ipc.open_stream(f).schema.names)
     _check_columns(source, masks, jobs, columns)
-    in_place = config.output is None or Path(config.output).resolve() == source.resolve()
-    if in_place:
-        _drop_stale_staging(_staging(source), source_run["fingerprint"])
-    if in_place and not masks and not jobs:
-        return {"status": "already-enriched", "output": str(source), "metadata": meta}
+    return meta, source_run, masks, jobs
 
-    identity = {
-        "kind": "enrich", "source": source_run["fingerprint"], "masks": [m.spec for m in masks],
-        "jobs": [j.identity for j in jobs], "skip_invalid": config.skip_invalid,
-    }
-    fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    target = _staging(source) if in_place else Path(config.output)
-    finished = _finished_run(target, identity)
-    if finished is not None and not in_place:
-        return {"status": "already-finished", "output": str(target), "metadata": output.load_finished(target)}
-    num_chunks = source_run["num_chunks"]
-    run = {"identity": identity, "metadata": {}, "num_chunks": num_chunks, "fingerprint": fingerprint}
-    with ExitStack() as held:
-        if finished is None:
-            with output.OutputLock(target):
-                existing = output.read_run(target)
-                restart = in_place and (existing is None or existing.get("identity") != identity)
-                status = output.prepare(target, run, overwrite=config.overwrite or restart)
-                held.enter_context(output.RankLock(target, config.rank))
-            for job in jobs:
-                _run_job(config, job, source, target, num_chunks)
-            held.close()
-            with output.OutputLock(target):
-                if _enriched(source if in_place else target, identity):
-                    return {"status": "finished", "output": str(source if in_place else target),
-                            "metadata": load_metadata(source if in_place else target)}
-                if any(not _part(target, j, k).is_file() and not (target / shard_name(k)).is_file()
-                       for j in jobs for k in range(num_chunks)):
-                    return {"status": "rank-done", "output": str(target), "rank": config.rank}
-                _assemble(config, source, target, masks, jobs, num_chunks, identity)
-                metadata = _finish(config, source, source_run, meta, target, masks, jobs, run)
-        if in_place:
-            _swap(target, source)
+
+def _prepare(target: Path, run: dict, overwrite: bool) -> None:
+    """Make `target` ready: resume this run's parts and shards, or start over (refused while
+    another process writes there)."""
+    try:
+        existing = output.read_run(target)
+    except ConfigError:
+        existing = None
+        if overwrite:
+            shutil.rmtree(target / output.STATE_DIR, ignore_errors=True)
+    if existing and existing.get("enrich_identity") == run["identity"] and not output.is_finished(target):
+        output.write_json_atomic(target / output.STATE_DIR / output.RUN_FILE, run)  # killed just before finishing
+    output.prepare(target, run, overwrite=overwrite)
+
+
+def _complete(config, source, target, in_place, meta, source_run, masks, jobs, run) -> dict:
+    """Under the lock: assemble, finish and (in place) swap -- once every part exists."""
     result = source if in_place else target
+    if _enriched(result, run["identity"]):  # another rank completed it meanwhile
+        return {"status": "finished", "output": str(result), "metadata": load_metadata(result)}
+    if in_place and (output.read_run(source) or {}).get("fingerprint") != source_run["fingerprint"]:
+        raise ConfigError(f"{source} changed while this enrichment ran (another one finished first); rerun the command")
+    num_chunks = run["num_chunks"]
+    if any(not _part(target, j, k).is_file() and not (target / shard_name(k)).is_file()
+           for j in jobs for k in range(num_chunks)):
+        return {"status": "rank-done", "output": str(target), "rank": config.rank}
+    _assemble(config, source, target, masks, jobs, num_chunks, run["identity"])
+    _finish(config, source, source_run, meta, target, masks, jobs, run)
+    if in_place:
+        _swap(target, source)
     return {"status": "finished", "output": str(result), "metadata": load_metadata(result)}
 
 
@@ -148,17 +206,23 @@ def _staging(source: Path) -> Path:
     return source.parent / f".{source.name}.enrich"
 
 
-def _drop_stale_staging(staging: Path, source_fingerprint: str) -> None:
-    """Remove a finished staging directory that is not a pending swap onto the current source:
-    the old dataset left there when a run was killed between the exchange and the clean-up."""
+def _settle_staging(source: Path) -> None:
+    """A finished staging directory left by a killed run is either a completed enrichment of the
+    current dataset not yet swapped in (swap it now) or the old dataset left there after the swap
+    (remove it). An unfinished one stays: it resumes, or is restarted by `_prepare`."""
+    staging = _staging(source)
+    if not staging.is_dir():
+        return
     try:
         run = output.read_run(staging)
     except ConfigError:
         run = None
     if run is None or not output.is_finished(staging):
         return
-    pending_swap = (run.get("enrich_identity") or run.get("identity") or {}).get("source") == source_fingerprint
-    if not pending_swap:
+    current = (output.read_run(source) or {}).get("fingerprint")
+    if (run.get("enrich_identity") or {}).get("source") == current:
+        _swap(staging, source)
+    else:
         shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -339,12 +403,12 @@ def _finish(config, source, source_run, meta, target, masks, jobs, run) -> dict:
             "added": [m.column for m in masks] + [c for j in jobs for c in j.columns]}
     base = {k: v for k, v in meta.items() if k not in ("counts", "num_shards", "finished")}
     run["metadata"] = {**base, "enrichment": enrichment, "enrich_history": [*meta.get("enrich_history", []), step]}
-    output.write_json_atomic(target / output.STATE_DIR / output.RUN_FILE, run)
-    finished = output.finish(target)
-    # From now on the output is the source's scoring run, enriched: `tokensft score` with the same
-    # arguments sees it as finished, and a rerun of this enrichment sees `enrich_identity`.
+    # The output is the source's scoring run, enriched: `tokensft score` with the same arguments
+    # sees it as finished, and a rerun of this enrichment sees `enrich_identity`. Written before
+    # finish() writes state.json, so a finished output always carries both.
     final = {**run, "identity": source_run["identity"], "enrich_identity": run["identity"]}
     output.write_json_atomic(target / output.STATE_DIR / output.RUN_FILE, final)
+    finished = output.finish(target)
     shutil.rmtree(target / output.STATE_DIR / PARTS_DIR, ignore_errors=True)
     return finished
 

@@ -64,15 +64,22 @@ class Job:
         return work
 
 
-def _max_length(path: Path, given: int | None) -> int | None:
-    """--ref-max-length, else the model's context length (as scoring does)."""
-    if given:
-        return given
+def _config_value(path: Path, key: str) -> int | None:
+    """A value of the model's config.json (or of its text_config), None when absent."""
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    return config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
+    return config.get(key) or (config.get("text_config") or {}).get(key)
+
+
+def _max_length(path: Path, given: int | None) -> int | None:
+    """--ref-max-length, else the model's context length (as scoring does)."""
+    return given or _config_value(path, "max_position_embeddings")
+
+
+def _vocab_size(path: Path) -> int | None:
+    return _config_value(path, "vocab_size")
 
 
 def resolve_jobs(config, meta: dict) -> list[Job]:
@@ -91,9 +98,10 @@ def resolve_jobs(config, meta: dict) -> list[Job]:
         settings = {"template": resolve_template(config.ref_template, tokenizer),
                     "max_length": _max_length(path, config.ref_max_length)}
         model = {"name": display, "content_hash": weights_hash(path)}
-        identity = {"model_hash": model["content_hash"], **settings, "dtype": dtype}
+        fingerprint = tokenizer_fingerprint(tokenizer)  # with the chat template: it decides the render
+        identity = {"model_hash": model["content_hash"], "tokenizer_fingerprint": fingerprint, **settings, "dtype": dtype}
         columns = [f"ref_{name}_mean_logprob", f"ref_{name}_num_targets"]
-        provenance = {"model": model, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), **settings,
+        provenance = {"model": model, "tokenizer_fingerprint": fingerprint, **settings,
                       "dtype": dtype, "columns": columns, "identity": identity}
         jobs.append(Job("ref", name, spec, identity, provenance, columns, ["id", "kind", "messages"], settings))
     if config.teacher:
@@ -107,8 +115,9 @@ def resolve_jobs(config, meta: dict) -> list[Job]:
                 "scorer's tokenizer (a model with another tokenizer can be a PoFT --ref instead)"
             )
         model = {"name": display, "content_hash": weights_hash(path)}
-        identity = {"model_hash": model["content_hash"], "top_k": config.top_k, "dtype": dtype}
-        provenance = {"model": model, "token_fingerprint": theirs, "top_k": config.top_k, "dtype": dtype,
+        top_k = min(config.top_k, _vocab_size(path) or config.top_k)  # what the scorer will store
+        identity = {"model_hash": model["content_hash"], "top_k": top_k, "dtype": dtype}
+        provenance = {"model": model, "token_fingerprint": theirs, "top_k": top_k, "dtype": dtype,
                       "columns": TEACHER_COLUMNS, "identity": identity}
         jobs.append(Job("teacher", "teacher", config.teacher, identity, provenance, TEACHER_COLUMNS,
                         ["input_ids", "labels"]))

@@ -131,8 +131,8 @@ def _check_params(text: str, rule: str, params: tuple[float, ...]) -> None:
     for value in values:
         if not 0.0 <= value <= 1.0 or math.isnan(value):
             raise ConfigError(f"--mask {text!r}: {_num(value)} is outside [0, 1] (thresholds and fractions are probabilities)")
-    if rule == "random" and not params[1] < MAX_SEED:
-        raise ConfigError(f"--mask {text!r}: the seed must be below 2^53")
+    if rule == "random" and not (0 <= params[1] < MAX_SEED and params[1] == int(params[1])):
+        raise ConfigError(f"--mask {text!r}: the seed must be a whole number in [0, 2^53)")
     if rule == "prob-between" and params[0] > params[1]:
         raise ConfigError(f"--mask {text!r}: the lower bound {_num(params[0])} exceeds the upper {_num(params[1])}")
 

@@ -34,7 +34,7 @@ OUTPUT_LOCK = ".tokensft.lock"  # never deleted: serializes prepare/finish acros
 OUR_FILES = {METADATA_FILE, "dataset_info.json", "state.json", STATE_DIR, OUTPUT_LOCK}
 
 
-def _is_ours(name: str) -> bool:
+def is_ours(name: str) -> bool:
     """tokensft's own files, including temp files a killed run may have left (".x.tmp-...")."""
     return name in OUR_FILES or bool(SHARD_RE.match(name)) or (name.startswith(".") and ".tmp-" in name)
 
@@ -50,9 +50,12 @@ def read_run(directory: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        run = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: corrupt run state ({exc}); rerun with --overwrite") from None
+    if not isinstance(run, dict) or not {"identity", "num_chunks", "fingerprint"} <= set(run):
+        raise ConfigError(f"{path}: corrupt run state (missing identity, num_chunks or fingerprint); rerun with --overwrite")
+    return run
 
 
 def is_finished(directory: Path) -> bool:
@@ -70,8 +73,8 @@ def prepare(directory: Path, run: dict, overwrite: bool, resume: bool = True) ->
     """
     directory.mkdir(parents=True, exist_ok=True)
     existing = read_run(directory)
-    ours = [p for p in directory.iterdir() if _is_ours(p.name) and p.name != OUTPUT_LOCK]
-    foreign = [p.name for p in directory.iterdir() if not _is_ours(p.name)]
+    ours = [p for p in directory.iterdir() if is_ours(p.name) and p.name != OUTPUT_LOCK]
+    foreign = [p.name for p in directory.iterdir() if not is_ours(p.name)]
     if foreign:
         raise ConfigError(
             f"{directory}: not an empty directory or a tokensft output (found {', '.join(sorted(foreign)[:3])}); "
@@ -117,8 +120,8 @@ def _rank_locked(directory: Path) -> bool:
 class OutputLock:
     """A blocking flock on DIR/.tokensft.lock around prepare and finish (short critical sections)."""
 
-    def __init__(self, directory: Path):
-        self.path = directory / OUTPUT_LOCK
+    def __init__(self, directory: Path, name: str = OUTPUT_LOCK):
+        self.path = directory / name
         self.file = None
 
     def __enter__(self) -> OutputLock:

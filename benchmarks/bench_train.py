@@ -1,0 +1,296 @@
+"""Training step time of every objective against plain nll, and peak memory of the loss against naive cross-entropy.
+
+    python benchmarks/bench_train.py [--quick] [--reps 6] [--parts steps,memory]
+
+1. Step time. A small Llama (transformers LlamaConfig: hidden 256, 4 layers, 4 heads / 2 KV heads,
+   MLP 768, vocab 49,152 like SmolLM2 with tied embeddings, so the lm_head/vocabulary cost is
+   realistic; random weights, fp32 as the trainer runs on CPU) and one synthetic micro-batch of
+   4 sequences x 256 tokens (lengths 192..256, right-padded; the last 60% of each sequence are
+   targets, random ids). A step is what `tokensft train` does per optimizer step with one
+   micro-batch: count_batch + Denominator, micro_batch_loss (backbone, gathered hidden rows,
+   chunked lm_head under checkpointing, the objective, chunk size 1024), backward, clip 1.0,
+   AdamW step, zero_grad. The extras an objective reads are synthetic and only present when it
+   needs them, as TrainData.collate does: a random int8 `mask` (~70% kept) for nll --mask,
+   a random ref_logprob per sequence for poft, random top-20 prior_ids/prior_logprobs (-inf at
+   non-targets) for prior=teacher. Every objective gets one warm-up step, then `--reps` rounds in
+   which each objective takes one timed step, round-robin (the order rotated every round) so drift
+   on a shared machine hits all alike; the median step time and its ratio to nll's are reported.
+   (On random weights p ~ 1/V, so the online thresholds keep no token; the compute is the same.)
+2. Peak memory of the loss alone at sequence length 2048 with a 49,152 vocabulary: hidden states
+   (1, 2048, 576 like SmolLM2) requiring grad, an lm_head Linear(576, 49152) training its weight,
+   60% of positions targets. naive: logits = lm_head(hidden) in float32 over all positions, then
+   F.cross_entropy(ignore_index=-100) and backward (what transformers' loss does); tokensft: the
+   trainer's path -- gather the targets' hidden rows, target_terms (chunk 1024, the trainer's
+   default, and 256) + the nll token loss, backward. Each runs in a fresh process after a small
+   warm-up at length 64; peak memory is torch.cuda.max_memory_allocated above what is allocated
+   before the loss when CUDA is available, else the process's peak RSS (getrusage) minus its RSS
+   right before the loss. Both include the lm_head weight gradient (V x H fp32 = 113 MB). The loss
+   values and gradient norms of every method are compared with naive's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+OBJECTIVES = ["nll", "p", "power:10", "dft", "threshold-p:0.2", "threshold-nll:0.2", "profit:0.1", "nll --mask",
+              "poft", "qtarget:gamma=0.9,prior=uniform", "qtarget:gamma=p,prior=self", "qtarget:gamma=0.5,prior=teacher"]
+VOCAB, TOP_K, TARGET_FRACTION = 49152, 20, 0.6
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------------------------- 1. step time
+
+def small_llama(seed: int = 0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         tie_word_embeddings=True, use_cache=False)
+    return LlamaForCausalLM(config).float()
+
+
+def synthetic_batch(batch_size: int, seq_len: int, seed: int = 0) -> dict:
+    """Every key TrainData.collate may produce; `batch_for` keeps the ones an objective reads."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    lengths = [seq_len] + torch.randint(3 * seq_len // 4, seq_len + 1, (batch_size - 1,), generator=g).tolist()
+    input_ids = torch.zeros((batch_size, seq_len), dtype=torch.long)
+    labels = torch.full((batch_size, seq_len), -100, dtype=torch.long)
+    attention_mask = torch.zeros((batch_size, seq_len), dtype=torch.long)
+    for b, n in enumerate(lengths):
+        input_ids[b, :n] = torch.randint(0, VOCAB, (n,), generator=g)
+        first = max(1, n - round(TARGET_FRACTION * n))  # the response: the last 60%, never position 0
+        labels[b, first:n] = input_ids[b, first:n]
+        attention_mask[b, :n] = 1
+    target = labels != -100
+    mask = ((torch.rand(labels.shape, generator=g) < 0.7) & target).to(torch.int8)
+    prior_ids = torch.randint(0, VOCAB, (batch_size, seq_len, TOP_K), generator=g)
+    prior_ids[..., 0] = torch.where(target, labels, 0)  # the teacher's top-1 is often the label
+    prior_ids[~target] = 0
+    prior_lp = torch.log_softmax(2.0 * torch.randn((batch_size, seq_len, TOP_K), generator=g), -1).sort(-1, descending=True).values
+    prior_lp[~target] = float("-inf")
+    ref_logprob = -torch.empty(batch_size).uniform_(0.5, 3.0, generator=g)
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, "mask": mask,
+            "prior_ids": prior_ids, "prior_logprobs": prior_lp, "ref_logprob": ref_logprob}
+
+
+def batch_for(spec: str, objective, full: dict) -> dict:
+    batch = {k: full[k] for k in ("input_ids", "labels", "attention_mask")}
+    if spec.endswith("--mask"):
+        batch["mask"] = full["mask"]
+    if objective.prior in ("teacher", "scorer"):
+        batch["prior_ids"], batch["prior_logprobs"] = full["prior_ids"], full["prior_logprobs"]
+    if objective.name == "poft":
+        batch["ref_logprob"] = full["ref_logprob"]
+    return batch
+
+
+def bench_steps(reps: int, batch_size: int, seq_len: int, chunk_size: int, objectives: list[str]) -> dict:
+    import torch
+
+    from tokensft.train.loss import Denominator, count_batch, micro_batch_loss
+    from tokensft.train.objectives import parse_objective
+
+    model = small_llama()
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.01)
+    full = synthetic_batch(batch_size, seq_len)
+    runs = {}
+    for spec in objectives:
+        objective = parse_objective(spec.split()[0])
+        runs[spec] = (objective, objective.default_normalize, batch_for(spec, objective, full))
+    online = {"threshold", "profit"}  # kept depends on the current p: no static kept count (as in loop.py)
+
+    def step(spec: str) -> float:
+        objective, normalize, batch = runs[spec]
+        start = time.perf_counter()
+        c = count_batch(batch)
+        denominator = Denominator(c["targets"], c["sequences"], None if objective.name in online else c["kept"], 1, 1)
+        loss, _ = micro_batch_loss(model, batch, objective, normalize, denominator, chunk_size)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"{spec}: non-finite loss {loss.item()}")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    n_params = sum(p.numel() for p in model.parameters())
+    targets = int((full["labels"] != -100).sum())
+    print(f"model: Llama hidden 256, 4 layers, vocab {VOCAB:,} (tied), {n_params / 1e6:.1f}M parameters, fp32; "
+          f"batch {batch_size} x {seq_len} tokens ({int(full['attention_mask'].sum()):,} real, {targets:,} targets); "
+          f"chunk {chunk_size}; torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    for spec in objectives:  # warm-up: allocator, kernels, AdamW state
+        step(spec)
+    times = {spec: [] for spec in objectives}
+    for r in range(reps):
+        order = objectives[r % len(objectives):] + objectives[:r % len(objectives)]
+        for spec in order:
+            times[spec].append(step(spec))
+    base = statistics.median(times[objectives[0]])
+    result = {}
+    for spec in objectives:
+        med = statistics.median(times[spec])
+        result[spec] = {"median_s": med, "ratio": med / base, "min_s": min(times[spec]), "max_s": max(times[spec])}
+        print(f"  {spec:<34} median {med:6.3f} s/step (min {min(times[spec]):.3f}, max {max(times[spec]):.3f}, "
+              f"n={len(times[spec])})  {med / base:5.2f}x {objectives[0]}", flush=True)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- 2. loss memory
+
+class _HeadOnly:
+    """What LogitHead reads from a model: the output embeddings and a config (no softcap, no scale)."""
+
+    def __init__(self, lm_head):
+        self.lm_head, self.config = lm_head, argparse.Namespace()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+
+def memory_child(method: str, seq_len: int, hidden_size: int) -> None:
+    """One method in this fresh process: loss, gradient norms and peak memory, as JSON."""
+    import torch
+    import torch.nn.functional as F
+
+    from tokensft.preprocess.scoring import LogitHead
+    from tokensft.train.chunked import target_terms
+    from tokensft.train.objectives import parse_objective, token_loss
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    nll = parse_objective("nll")
+
+    def inputs(t: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        hidden = torch.randn((1, t, hidden_size), generator=g).to(device).requires_grad_(True)  # (1, T, H)
+        labels = torch.full((1, t), -100, dtype=torch.long)
+        targets = torch.rand(t, generator=g) < TARGET_FRACTION
+        targets[0] = False  # position 0 is never a target
+        labels[0, targets] = torch.randint(0, VOCAB, (int(targets.sum()),), generator=g)
+        return hidden, labels.to(device)
+
+    def run(hidden, labels, head) -> torch.Tensor:
+        if method == "naive":
+            logits = head.proj(hidden).float()  # (1, T, V) over every position
+            loss = F.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100)
+        else:
+            chunk = int(method.split("-")[1])
+            rows, cols = torch.nonzero(labels != -100, as_tuple=True)  # (N,), (N,)
+            terms = target_terms(hidden[rows, cols - 1], labels[rows, cols], head, chunk)
+            loss_t, _ = token_loss(nll, terms)
+            loss = loss_t.sum() / len(rows)
+        loss.backward()
+        return loss.detach()
+
+    torch.manual_seed(0)
+    lm_head = torch.nn.Linear(hidden_size, VOCAB, bias=False).to(device)
+    head = LogitHead(_HeadOnly(lm_head))
+    run(*inputs(64, 1), head)  # warm-up: kernels and thread pools allocate once, outside the measure
+    lm_head.weight.grad = None
+    hidden, labels = inputs(seq_len, 0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        loss = run(hidden, labels, head)
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - before) / 2**20
+    else:
+        before = rss_mb()
+        loss = run(hidden, labels, head)
+        peak = peak_rss_mb() - before
+    print(json.dumps({"method": method, "peak_mb": peak, "loss": loss.item(), "device": device.type,
+                      "targets": int((labels != -100).sum()), "hidden_grad_norm": hidden.grad.norm().item(),
+                      "weight_grad_norm": lm_head.weight.grad.norm().item()}))
+
+
+def bench_memory(seq_len: int, hidden_size: int, chunks: list[int]) -> dict:
+    results = {}
+    for method in ["naive"] + [f"tokensft-{c}" for c in chunks]:
+        cmd = [sys.executable, __file__, "--memory-child", method, "--mem-seq", str(seq_len), "--mem-hidden", str(hidden_size)]
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        r = results[method] = json.loads(done.stdout.strip().splitlines()[-1])
+        line = f"  {method:<14} peak {r['peak_mb']:7.0f} MB  loss {r['loss']:.6f}"
+        if method != "naive":
+            n = results["naive"]
+            line += (f"  |loss - naive| {abs(r['loss'] - n['loss']):.1e}  grad norm rel. diff hidden "
+                     f"{abs(r['hidden_grad_norm'] / n['hidden_grad_norm'] - 1):.1e}, lm_head "
+                     f"{abs(r['weight_grad_norm'] / n['weight_grad_norm'] - 1):.1e}  "
+                     f"{r['peak_mb'] / n['peak_mb']:.2f}x naive")
+        print(line, flush=True)
+    first = results["naive"]
+    what = "torch.cuda.max_memory_allocated" if first["device"] == "cuda" else "peak RSS"
+    print(f"  ({first['device']}: {what} above the inputs; 1 x {seq_len} tokens, {first['targets']:,} targets, "
+          f"hidden {hidden_size}, vocab {VOCAB:,}, fp32)", flush=True)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 timed rounds on a 2 x 128 batch (a smoke run)")
+    parser.add_argument("--reps", type=int, help="timed steps per objective (default 6; --quick: 3)")
+    parser.add_argument("--batch-size", type=int, help="sequences per micro-batch (default 4; --quick: 2)")
+    parser.add_argument("--seq-len", type=int, help="tokens per sequence (default 256; --quick: 128)")
+    parser.add_argument("--chunk-size", type=int, default=1024, help="the trainer's --chunk-size for the step timings")
+    parser.add_argument("--mem-seq", type=int, default=2048, help="sequence length for the loss memory")
+    parser.add_argument("--mem-hidden", type=int, default=576, help="hidden size for the loss memory (SmolLM2: 576)")
+    parser.add_argument("--mem-chunks", default="1024,256", help="chunk sizes for the tokensft loss memory")
+    parser.add_argument("--parts", default="steps,memory", help="steps, memory, or both")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        return memory_child(args.memory_child, args.mem_seq, args.mem_hidden)
+    reps = args.reps or (3 if args.quick else 6)
+    batch_size = args.batch_size or (2 if args.quick else 4)
+    seq_len = args.seq_len or (128 if args.quick else 256)
+    parts = set(args.parts.split(","))
+    began = time.perf_counter()
+    print(f"{os.cpu_count()} CPUs", flush=True)
+    steps = memory = None
+    if "steps" in parts:
+        print(f"\n1. step time per objective vs nll ({reps} timed steps each, round-robin, after 1 warm-up step)", flush=True)
+        steps = bench_steps(reps, batch_size, seq_len, args.chunk_size, OBJECTIVES)
+    if "memory" in parts:
+        print(f"\n2. peak memory of the loss, 1 x {args.mem_seq} tokens, vocab {VOCAB:,}: naive full-logits "
+              "cross-entropy vs tokensft chunked target_terms (each in a fresh process)", flush=True)
+        memory = bench_memory(args.mem_seq, args.mem_hidden, [int(c) for c in args.mem_chunks.split(",")])
+    print("\nsummary")
+    if steps:
+        worst = max((s for s in steps if s != "nll"), key=lambda s: steps[s]["ratio"])
+        print("  step time / nll (target <= 1.05x): " + ", ".join(f"{s} {r['ratio']:.2f}x" for s, r in steps.items() if s != "nll"))
+        print(f"  slowest: {worst} {steps[worst]['ratio']:.2f}x")
+    if memory:
+        naive = memory["naive"]["peak_mb"]
+        print(f"  loss peak memory / naive (target <= 0.5x), naive {naive:.0f} MB: " + ", ".join(
+            f"{m} {r['peak_mb']:.0f} MB {r['peak_mb'] / naive:.2f}x" for m, r in memory.items() if m != "naive"))
+        print("  |loss - naive|: " + ", ".join(f"{m} {abs(r['loss'] - memory['naive']['loss']):.1e}"
+                                               for m, r in memory.items() if m != "naive"))
+    print(f"  total {time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
