@@ -1,6 +1,6 @@
 """Training step time of every objective against plain nll, and peak memory of the loss against naive cross-entropy.
 
-    python benchmarks/bench_train.py [--quick] [--reps 6] [--parts steps,memory]
+    python benchmarks/bench_train.py [--quick] [--reps 8] [--parts steps,memory]
 
 1. Step time. A small Llama (transformers LlamaConfig: hidden 256, 4 layers, 4 heads / 2 KV heads,
    MLP 768, vocab 49,152 like SmolLM2 with tied embeddings, so the lm_head/vocabulary cost is
@@ -8,24 +8,29 @@
    4 sequences x 256 tokens (lengths 192..256, right-padded; the last 60% of each sequence are
    targets, random ids). A step is what `tokensft train` does per optimizer step with one
    micro-batch: count_batch + Denominator, micro_batch_loss (backbone, gathered hidden rows,
-   chunked lm_head under checkpointing, the objective, chunk size 1024), backward, clip 1.0,
+   chunked lm_head under checkpointing, the objective, chunk size 256), backward, clip 1.0,
    AdamW step, zero_grad. The extras an objective reads are synthetic and only present when it
    needs them, as TrainData.collate does: a random int8 `mask` (~70% kept) for nll --mask,
    a random ref_logprob per sequence for poft, random top-20 prior_ids/prior_logprobs (-inf at
-   non-targets) for prior=teacher. Every objective gets one warm-up step, then `--reps` rounds in
-   which each objective takes one timed step, round-robin (the order rotated every round) so drift
-   on a shared machine hits all alike; the median step time and its ratio to nll's are reported.
+   non-targets) for prior=teacher; plus nll at --chunk-size 1024, the cost of a larger chunk.
+   Every objective gets one warm-up step, then `--reps` rounds in which each objective takes one
+   timed step, round-robin (the order rotated every round) so drift on a shared machine hits all
+   alike; the median step time and its ratio to nll's are reported, and the ratio of the fastest
+   steps (contention only ever adds time). All share one model and optimizer (lr 1e-5).
    (On random weights p ~ 1/V, so the online thresholds keep no token; the compute is the same.)
 2. Peak memory of the loss alone at sequence length 2048 with a 49,152 vocabulary: hidden states
    (1, 2048, 576 like SmolLM2) requiring grad, an lm_head Linear(576, 49152) training its weight,
    60% of positions targets. naive: logits = lm_head(hidden) in float32 over all positions, then
-   F.cross_entropy(ignore_index=-100) and backward (what transformers' loss does); tokensft: the
-   trainer's path -- gather the targets' hidden rows, target_terms (chunk 1024, the trainer's
-   default, and 256) + the nll token loss, backward. Each runs in a fresh process after a small
-   warm-up at length 64; peak memory is torch.cuda.max_memory_allocated above what is allocated
-   before the loss when CUDA is available, else the process's peak RSS (getrusage) minus its RSS
-   right before the loss. Both include the lm_head weight gradient (V x H fp32 = 113 MB). The loss
-   values and gradient norms of every method are compared with naive's.
+   F.cross_entropy(ignore_index=-100) and backward (what transformers' loss does), in its leanest
+   form: the caller does not hold the logits during backward (a held model output adds one more
+   [T, V] buffer). tokensft: the trainer's path -- gather the targets' hidden rows, target_terms
+   (chunk 1024, 512 and 256, the trainer's default) + the nll token loss, backward. Each runs in a
+   fresh process after a small warm-up at length 64; peak memory is torch.cuda.max_memory_allocated
+   above what is allocated before the loss when CUDA is available, else the process's peak RSS
+   (VmHWM, reset right before the loss) minus its RSS right before the loss, with glibc's mmap
+   threshold fixed at 64 KB so that freed tensors leave RSS at once. Both include the lm_head
+   weight gradient (V x H fp32 = 113 MB). The loss and the gradients (hidden states, lm_head
+   weight) of every method are compared with naive's.
 """
 
 from __future__ import annotations
@@ -37,23 +42,38 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
+# each as `tokensft train --objective ...` takes it; "--mask" adds a stored mask, "--chunk-size N" overrides the chunk
 OBJECTIVES = ["nll", "p", "power:10", "dft", "threshold-p:0.2", "threshold-nll:0.2", "profit:0.1", "nll --mask",
-              "poft", "qtarget:gamma=0.9,prior=uniform", "qtarget:gamma=p,prior=self", "qtarget:gamma=0.5,prior=teacher"]
+              "poft", "qtarget:gamma=0.9,prior=uniform", "qtarget:gamma=p,prior=self", "qtarget:gamma=0.5,prior=teacher",
+              "nll --chunk-size 1024"]
 VOCAB, TOP_K, TARGET_FRACTION = 49152, 20, 0.6
 
 
-def rss_mb() -> float:
+def _status_mb(key: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
 
+def reset_peak_rss() -> None:
+    """Reset this process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0), when allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over exec from the parent, so a
+    child spawned by a large parent would report the parent's peak."""
+    peak = _status_mb("VmHWM")
+    return peak if peak == peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ---------------------------------------------------------------------------------------------- 1. step time
@@ -97,7 +117,7 @@ def synthetic_batch(batch_size: int, seq_len: int, seed: int = 0) -> dict:
 
 def batch_for(spec: str, objective, full: dict) -> dict:
     batch = {k: full[k] for k in ("input_ids", "labels", "attention_mask")}
-    if spec.endswith("--mask"):
+    if "--mask" in spec.split():
         batch["mask"] = full["mask"]
     if objective.prior in ("teacher", "scorer"):
         batch["prior_ids"], batch["prior_logprobs"] = full["prior_ids"], full["prior_logprobs"]
@@ -118,16 +138,18 @@ def bench_steps(reps: int, batch_size: int, seq_len: int, chunk_size: int, objec
     full = synthetic_batch(batch_size, seq_len)
     runs = {}
     for spec in objectives:
-        objective = parse_objective(spec.split()[0])
-        runs[spec] = (objective, objective.default_normalize, batch_for(spec, objective, full))
+        words = spec.split()
+        objective = parse_objective(words[0])
+        chunk = int(words[words.index("--chunk-size") + 1]) if "--chunk-size" in words else chunk_size
+        runs[spec] = (objective, objective.default_normalize, batch_for(spec, objective, full), chunk)
     online = {"threshold", "profit"}  # kept depends on the current p: no static kept count (as in loop.py)
 
     def step(spec: str) -> float:
-        objective, normalize, batch = runs[spec]
+        objective, normalize, batch, chunk = runs[spec]
         start = time.perf_counter()
         c = count_batch(batch)
         denominator = Denominator(c["targets"], c["sequences"], None if objective.name in online else c["kept"], 1, 1)
-        loss, _ = micro_batch_loss(model, batch, objective, normalize, denominator, chunk_size)
+        loss, _ = micro_batch_loss(model, batch, objective, normalize, denominator, chunk)
         if not torch.isfinite(loss):
             raise RuntimeError(f"{spec}: non-finite loss {loss.item()}")
         loss.backward()
@@ -148,13 +170,13 @@ def bench_steps(reps: int, batch_size: int, seq_len: int, chunk_size: int, objec
         order = objectives[r % len(objectives):] + objectives[:r % len(objectives)]
         for spec in order:
             times[spec].append(step(spec))
-    base = statistics.median(times[objectives[0]])
+    base, base_min = statistics.median(times[objectives[0]]), min(times[objectives[0]])
     result = {}
     for spec in objectives:
-        med = statistics.median(times[spec])
-        result[spec] = {"median_s": med, "ratio": med / base, "min_s": min(times[spec]), "max_s": max(times[spec])}
-        print(f"  {spec:<34} median {med:6.3f} s/step (min {min(times[spec]):.3f}, max {max(times[spec]):.3f}, "
-              f"n={len(times[spec])})  {med / base:5.2f}x {objectives[0]}", flush=True)
+        med, low = statistics.median(times[spec]), min(times[spec])
+        result[spec] = {"median_s": med, "ratio": med / base, "min_s": low, "min_ratio": low / base_min}
+        print(f"  {spec:<32} median {med:6.3f} s/step  {med / base:5.2f}x nll   (min {low:.3f} s {low / base_min:5.2f}x, "
+              f"max {max(times[spec]):.3f} s, n={len(times[spec])})", flush=True)
     return result
 
 
@@ -170,8 +192,9 @@ class _HeadOnly:
         return self.lm_head
 
 
-def memory_child(method: str, seq_len: int, hidden_size: int) -> None:
-    """One method in this fresh process: loss, gradient norms and peak memory, as JSON."""
+def memory_child(method: str, seq_len: int, hidden_size: int, grads_out: str) -> None:
+    """One method in this fresh process: loss and peak memory as JSON; the gradients (of the hidden
+    states, and every 64th row of the lm_head weight's) saved to grads_out for the comparison."""
     import torch
     import torch.nn.functional as F
 
@@ -193,8 +216,9 @@ def memory_child(method: str, seq_len: int, hidden_size: int) -> None:
 
     def run(hidden, labels, head) -> torch.Tensor:
         if method == "naive":
-            logits = head.proj(hidden).float()  # (1, T, V) over every position
-            loss = F.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100)
+            # (1, T, V) logits over every position, not kept by Python during backward (a caller that
+            # held them, as a model output does, would add one more [T, V] buffer to naive's peak)
+            loss = F.cross_entropy(head.proj(hidden).float()[0, :-1], labels[0, 1:], ignore_index=-100)
         else:
             chunk = int(method.split("-")[1])
             rows, cols = torch.nonzero(labels != -100, as_tuple=True)  # (N,), (N,)
@@ -218,28 +242,38 @@ def memory_child(method: str, seq_len: int, hidden_size: int) -> None:
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - before) / 2**20
     else:
-        before = rss_mb()
+        reset_peak_rss()
+        before = _status_mb("VmRSS")
         loss = run(hidden, labels, head)
         peak = peak_rss_mb() - before
+    torch.save({"hidden": hidden.grad.cpu(), "weight": lm_head.weight.grad[::64].cpu()}, grads_out)
     print(json.dumps({"method": method, "peak_mb": peak, "loss": loss.item(), "device": device.type,
-                      "targets": int((labels != -100).sum()), "hidden_grad_norm": hidden.grad.norm().item(),
-                      "weight_grad_norm": lm_head.weight.grad.norm().item()}))
+                      "targets": int((labels != -100).sum())}))
 
 
 def bench_memory(seq_len: int, hidden_size: int, chunks: list[int]) -> dict:
-    results = {}
-    for method in ["naive"] + [f"tokensft-{c}" for c in chunks]:
-        cmd = [sys.executable, __file__, "--memory-child", method, "--mem-seq", str(seq_len), "--mem-hidden", str(hidden_size)]
-        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-        r = results[method] = json.loads(done.stdout.strip().splitlines()[-1])
-        line = f"  {method:<14} peak {r['peak_mb']:7.0f} MB  loss {r['loss']:.6f}"
-        if method != "naive":
-            n = results["naive"]
-            line += (f"  |loss - naive| {abs(r['loss'] - n['loss']):.1e}  grad norm rel. diff hidden "
-                     f"{abs(r['hidden_grad_norm'] / n['hidden_grad_norm'] - 1):.1e}, lm_head "
-                     f"{abs(r['weight_grad_norm'] / n['weight_grad_norm'] - 1):.1e}  "
-                     f"{r['peak_mb'] / n['peak_mb']:.2f}x naive")
-        print(line, flush=True)
+    import torch
+
+    # glibc returns an allocation to the OS at free() only when it was mmap'ed, and its threshold
+    # grows up to 32 MB as large blocks are freed: fix it at 64 KB so RSS follows live tensors
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    results, grads = {}, {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for method in ["naive"] + [f"tokensft-{c}" for c in chunks]:
+            out = os.path.join(workdir, f"{method}.pt")
+            cmd = [sys.executable, __file__, "--memory-child", method, "--mem-seq", str(seq_len),
+                   "--mem-hidden", str(hidden_size), "--grads-out", out]
+            done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+            r = results[method] = json.loads(done.stdout.strip().splitlines()[-1])
+            grads[method] = torch.load(out)
+            line = f"  {method:<14} peak {r['peak_mb']:7.0f} MB  loss {r['loss']:.7f}"
+            if method != "naive":
+                n, gn, g = results["naive"], grads["naive"], grads[method]
+                r["loss_diff"] = abs(r["loss"] - n["loss"])
+                r["grad_diff"] = max(float((g[k] - gn[k]).abs().max() / gn[k].abs().max()) for k in gn)
+                line += (f"  |loss - naive| {r['loss_diff']:.1e}, max |grad - naive| / max |naive grad| "
+                         f"{r['grad_diff']:.1e}   {r['peak_mb'] / n['peak_mb']:.2f}x naive")
+            print(line, flush=True)
     first = results["naive"]
     what = "torch.cuda.max_memory_allocated" if first["device"] == "cuda" else "peak RSS"
     print(f"  ({first['device']}: {what} above the inputs; 1 x {seq_len} tokens, {first['targets']:,} targets, "
@@ -251,20 +285,21 @@ def bench_memory(seq_len: int, hidden_size: int, chunks: list[int]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 timed rounds on a 2 x 128 batch (a smoke run)")
-    parser.add_argument("--reps", type=int, help="timed steps per objective (default 6; --quick: 3)")
+    parser.add_argument("--quick", action="store_true", help="steps: 3 timed rounds on a 2 x 128 batch (a smoke run); memory unchanged")
+    parser.add_argument("--reps", type=int, help="timed steps per objective (default 8; --quick: 3)")
     parser.add_argument("--batch-size", type=int, help="sequences per micro-batch (default 4; --quick: 2)")
     parser.add_argument("--seq-len", type=int, help="tokens per sequence (default 256; --quick: 128)")
-    parser.add_argument("--chunk-size", type=int, default=1024, help="the trainer's --chunk-size for the step timings")
+    parser.add_argument("--chunk-size", type=int, default=256, help="the trainer's --chunk-size for the step timings")
     parser.add_argument("--mem-seq", type=int, default=2048, help="sequence length for the loss memory")
     parser.add_argument("--mem-hidden", type=int, default=576, help="hidden size for the loss memory (SmolLM2: 576)")
-    parser.add_argument("--mem-chunks", default="1024,256", help="chunk sizes for the tokensft loss memory")
+    parser.add_argument("--mem-chunks", default="1024,512,256", help="chunk sizes for the tokensft loss memory")
     parser.add_argument("--parts", default="steps,memory", help="steps, memory, or both")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--grads-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        return memory_child(args.memory_child, args.mem_seq, args.mem_hidden)
-    reps = args.reps or (3 if args.quick else 6)
+        return memory_child(args.memory_child, args.mem_seq, args.mem_hidden, args.grads_out)
+    reps = args.reps or (3 if args.quick else 8)
     batch_size = args.batch_size or (2 if args.quick else 4)
     seq_len = args.seq_len or (128 if args.quick else 256)
     parts = set(args.parts.split(","))
@@ -281,14 +316,17 @@ def main() -> None:
     print("\nsummary")
     if steps:
         worst = max((s for s in steps if s != "nll"), key=lambda s: steps[s]["ratio"])
-        print("  step time / nll (target <= 1.05x): " + ", ".join(f"{s} {r['ratio']:.2f}x" for s, r in steps.items() if s != "nll"))
+        print("  step time / nll, medians (target <= 1.05x):")
+        for spec, r in steps.items():
+            if spec != "nll":
+                print(f"    {spec:<32} {r['ratio']:.2f}x  (mins: {r['min_ratio']:.2f}x)")
         print(f"  slowest: {worst} {steps[worst]['ratio']:.2f}x")
     if memory:
         naive = memory["naive"]["peak_mb"]
         print(f"  loss peak memory / naive (target <= 0.5x), naive {naive:.0f} MB: " + ", ".join(
             f"{m} {r['peak_mb']:.0f} MB {r['peak_mb'] / naive:.2f}x" for m, r in memory.items() if m != "naive"))
-        print("  |loss - naive|: " + ", ".join(f"{m} {abs(r['loss'] - memory['naive']['loss']):.1e}"
-                                               for m, r in memory.items() if m != "naive"))
+        print("  same loss and gradients as naive: " + ", ".join(
+            f"{m} |loss diff| {r['loss_diff']:.1e}, rel. grad diff {r['grad_diff']:.1e}" for m, r in memory.items() if m != "naive"))
     print(f"  total {time.perf_counter() - began:.0f} s")
 
 

@@ -30,15 +30,18 @@ def _chunk_terms(hidden: torch.Tensor, targets: torch.Tensor, prior_ids: torch.T
     if prior_ids is not None:
         out.append(logits.gather(1, prior_ids) - log_z[:, None])  # (c, K)
     if self_ce:
-        logp_all = logits - log_z[:, None]  # (c, V)
-        out.append(-(logp_all.detach().exp() * logp_all).sum(dim=-1))  # -sum sg(p) log p, (c,)
+        # -sum sg(p) log p has zero gradient w.r.t. the logits (p - p * sum p = 0): compute its value
+        # without autograd, which would otherwise push a full (c, V) row through the backward
+        with torch.no_grad():
+            logp_all = logits - log_z[:, None]  # (c, V)
+            out.append(-(logp_all.exp() * logp_all).sum(dim=-1))  # (c,)
     if uniform_ce:
         out.append(log_z - logits.mean(dim=-1))  # -(1/V) sum_v log p_v, (c,)
     return tuple(out)
 
 
 def target_terms(
-    hidden: torch.Tensor, targets: torch.Tensor, head: LogitHead, chunk_size: int = 1024,
+    hidden: torch.Tensor, targets: torch.Tensor, head: LogitHead, chunk_size: int = 256,
     prior_ids: torch.Tensor | None = None, prior_logprobs: torch.Tensor | None = None,
     self_ce: bool = False, uniform_ce: bool = False, recompute: bool = True,
 ) -> TokenTerms:

@@ -59,7 +59,7 @@ class TrainConfig:
     beta2: float = 0.95
     clip: float = 1.0
     seed: int = 0
-    chunk_size: int = 1024
+    chunk_size: int = 256
     eval_fraction: float = 0.0
     eval_every: int = 0
     save_every: int = 0

@@ -48,7 +48,7 @@ def count_batch(batch: dict) -> dict:
 
 
 def micro_batch_loss(model, batch: dict, objective: Objective, normalize: str, denominator: Denominator,
-                     chunk_size: int = 1024) -> tuple[torch.Tensor, dict]:
+                     chunk_size: int = 256) -> tuple[torch.Tensor, dict]:
     """The micro-batch's share of the step loss (backward it as is) and its metrics (sums)."""
     labels = batch["labels"]
     hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),

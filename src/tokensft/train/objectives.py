@@ -44,7 +44,7 @@ class TokenTerms:
     logp: torch.Tensor  # (N,) float32, log p(y) under the current model, with gradient
     prior_logp: torch.Tensor | None = None  # (N, K) log p(k) at the prior's ids, with gradient
     prior_probs: torch.Tensor | None = None  # (N, K) the renormalized prior pi (no gradient; 0 = padding)
-    self_ce: torch.Tensor | None = None  # (N,) -sum_v sg(p_v) log p_v, with gradient
+    self_ce: torch.Tensor | None = None  # (N,) -sum_v sg(p_v) log p_v (its logit gradient is exactly 0)
     uniform_ce: torch.Tensor | None = None  # (N,) -(1/V) sum_v log p_v, with gradient
 
 
