@@ -158,3 +158,21 @@ def test_bad_requests_name_the_fix(enriched, tiny_dirs, tmp_path, capsys):
         assert main(["train", str(enriched), "-o", str(tmp_path / "x"), "-q", *model, *args]) == 2, args
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (args, err)
+
+
+def test_eval_metrics_equal_the_saved_model_on_the_held_out_split(enriched, tiny_dirs, tmp_path):
+    out = tmp_path / "ckpt"
+    assert train_cli(enriched, out, tiny_dirs["bpe"], "--max-steps", "2", "--eval-fraction", "0.5", "--batch-size", "2",
+                     "--lr", "1e-3", "--seed", "0") == 0  # (seed 3 happens to put all 8 examples in eval)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    final = next(r for r in reversed(rows) if "eval_nll" in r)
+    data = TrainData(str(enriched), parse_objective("nll"), eval_fraction=0.5, seed=0)
+    assert len(data.eval_indices) > 0 and len(data.train_indices) > 0
+    batch = data.collate(data.eval_indices, pad_id=0)
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].double()
+    labels = batch["labels"][:, 1:]
+    logp = torch.log_softmax(logits, -1).gather(2, labels.clamp(min=0)[..., None])[..., 0][labels != -100]
+    assert final["eval_nll"] == pytest.approx(-logp.mean().item(), abs=1e-4)
+    assert final["eval_mean_p"] == pytest.approx(logp.exp().mean().item(), abs=1e-5)

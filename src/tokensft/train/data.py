@@ -89,7 +89,8 @@ class TrainData:
         self.train_indices = np.flatnonzero(usable & ~in_eval)
         self.eval_indices = np.flatnonzero(usable & in_eval)
         if len(self.train_indices) == 0:
-            raise ConfigError(f"{directory}: no examples left to train on")
+            raise ConfigError(f"{directory}: no examples left to train on ({len(self.eval_indices)} held out by "
+                              f"--eval-fraction {eval_fraction}, {self.skipped} skipped); lower --eval-fraction or change --seed")
 
     def step_indices(self, step: int, global_batch: int, seed: int) -> np.ndarray:
         """The train examples of optimizer step `step` (0-based): epochs are fresh permutations."""

@@ -157,26 +157,28 @@ def train(config: TrainConfig) -> dict:
         counts = torch.tensor([[c["targets"], c["sequences"], c["kept"]] for c in map(count_batch, batches)]).sum(0)
         counts = accelerator.reduce(counts.to(accelerator.device), reduction="sum").tolist()
         denominator = Denominator(counts[0], counts[1], counts[2] if static_kept else None, len(batches), world)
-        sums = {}
+        sums, losses = {}, []
         module.train()
         for i, batch in enumerate(batches):
             batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             sync = i == len(batches) - 1
             with accelerator.no_sync(module) if not sync else nullcontext():  # sync grads once per step
                 loss, stats = module(batch, denominator)
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(f"step {step + 1}: non-finite loss ({loss.item()}) on examples "
-                                           f"{', '.join(batch['ids'][:5])}; the last good checkpoint is kept in {output}")
                 accelerator.backward(loss)
-            stats["loss"] = loss.item() / world  # undo the * world_size that offsets DDP's gradient averaging
+            losses.append(loss.detach())
+            stats["loss"] = loss.detach() / world  # undo the * world_size that offsets DDP's gradient averaging
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value
+        finite = torch.isfinite(torch.stack(losses))  # one device sync per step, before the weights move
+        if not finite.all():
+            bad = int((~finite).nonzero()[0])
+            raise TrainingDiverged(f"step {step + 1}: non-finite loss ({losses[bad].item()}) on examples "
+                                   f"{', '.join(batches[bad]['ids'][:5])}; the last good checkpoint is kept in {output}")
         grad_norm = accelerator.clip_grad_norm_(module.parameters(), config.clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        totals = accelerator.reduce(torch.tensor([sums.get(k, 0.0) for k in STAT_KEYS], device=accelerator.device),
-                                    reduction="sum").tolist()
+        totals = accelerator.reduce(_stack(sums, accelerator.device), reduction="sum").tolist()
         last = _metrics(step + 1, total, dict(zip(STAT_KEYS, totals)), scheduler.get_last_lr()[0],
                         float(grad_norm), time.perf_counter() - began, counts[0])
         if config.eval_every and (step + 1) % config.eval_every == 0 and len(data.eval_indices):
@@ -192,7 +194,12 @@ def train(config: TrainConfig) -> dict:
     return {"output": str(output), "steps": total, "metrics": last, "normalize": normalize}
 
 
-STAT_KEYS = ("loss", "loss_sum", "p_sum", "targets", "kept", "poft_weight_sum", "poft_sequences")
+STAT_KEYS = ("loss", "loss_sum", "nll_sum", "p_sum", "targets", "kept", "poft_weight_sum", "poft_sequences")
+
+
+def _stack(sums: dict, device) -> torch.Tensor:
+    """(len(STAT_KEYS),) float32 on `device`: the step's metric sums (floats or 0-dim tensors)."""
+    return torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float32, device=device) for k in STAT_KEYS])
 
 
 def _metrics(step, total, s, lr, grad_norm, seconds, targets) -> dict:
@@ -214,13 +221,11 @@ def evaluate(module, data: TrainData, config: TrainConfig, accelerator, pad_id: 
     counts = accelerator.reduce(counts.to(accelerator.device), reduction="sum").tolist()
     denominator = Denominator(counts[0], counts[1], counts[2] if static_kept else None, max(len(batches), 1), 1)
     inner = accelerator.unwrap_model(module)
-    nll = parse_objective("nll")
     loss_sum = torch.zeros(3, device=accelerator.device)  # objective loss, nll sum, p sum
     for batch in batches:
         batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         loss, stats = micro_batch_loss(inner.model, batch, inner.objective, inner.normalize, denominator, config.chunk_size)
-        _, nll_stats = micro_batch_loss(inner.model, batch, nll, "all-targets", denominator, config.chunk_size)
-        loss_sum += torch.tensor([loss.item(), nll_stats["loss_sum"], stats["p_sum"]], device=accelerator.device)
+        loss_sum += torch.stack([loss.float(), stats["nll_sum"].float(), stats["p_sum"].float()])
     loss_sum = accelerator.reduce(loss_sum, reduction="sum").tolist()
     return {"eval_loss": loss_sum[0], "eval_nll": loss_sum[1] / max(counts[0], 1),
             "eval_mean_p": loss_sum[2] / max(counts[0], 1)}

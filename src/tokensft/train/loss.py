@@ -49,7 +49,8 @@ def count_batch(batch: dict) -> dict:
 
 def micro_batch_loss(model, batch: dict, objective: Objective, normalize: str, denominator: Denominator,
                      chunk_size: int = 256) -> tuple[torch.Tensor, dict]:
-    """The micro-batch's share of the step loss (backward it as is) and its metrics (sums)."""
+    """The micro-batch's share of the step loss (backward it as is) and its metrics: sums, kept as
+    detached tensors so the hot loop never waits on the device (the caller reduces once per step)."""
     labels = batch["labels"]
     hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                                  use_cache=False).last_hidden_state  # (B, T, H)
@@ -64,31 +65,32 @@ def micro_batch_loss(model, batch: dict, objective: Objective, normalize: str, d
                          self_ce=prior == "self", uniform_ce=prior == "uniform")
     n_seq = labels.shape[0]
     per_seq_targets = torch.zeros(n_seq, device=labels.device).index_add_(0, rows, torch.ones_like(rows, dtype=torch.float))
-    stats = {"p_sum": terms.logp.detach().exp().sum().item(), "targets": float(len(rows))}
+    logp = terms.logp.detach()
+    stats = {"p_sum": logp.exp().sum(), "nll_sum": -logp.sum(), "targets": float(len(rows))}
     if objective.sequence_level:  # PoFT: s = mean target log-prob of each sequence
         seq_logp = torch.zeros(n_seq, device=labels.device).index_add(0, rows, terms.logp) / per_seq_targets.clamp(min=1)
         has = per_seq_targets > 0
         loss_seq, weight = poft_loss(seq_logp[has], batch["ref_logprob"][has], **objective.params)
         total = loss_seq.sum()
-        stats.update(kept=float(len(rows)), poft_weight_sum=weight.sum().item(), poft_sequences=float(has.sum().item()))
+        stats.update(kept=float(len(rows)), poft_weight_sum=weight.sum(), poft_sequences=has.sum())
     else:
         loss_t, kept = token_loss(objective, terms)  # (N,), (N,)
         if "mask" in batch:
             stored = batch["mask"][rows, cols].bool()  # (N,)
             loss_t = torch.where(stored, loss_t, torch.zeros_like(loss_t))
             kept = kept & stored
-        stats["kept"] = float(kept.sum().item())
+        stats["kept"] = kept.sum()
         if normalize == "sequences":
             per_seq = torch.zeros(n_seq, device=labels.device).index_add(0, rows, loss_t)
             total = (per_seq / per_seq_targets.clamp(min=1)).sum()
         else:
             total = loss_t.sum()
     loss = total / _denominator(normalize, denominator, stats["kept"]) * denominator.world_size
-    stats["loss_sum"] = total.item()
+    stats["loss_sum"] = total.detach()
     return loss, stats
 
 
-def _denominator(normalize: str, d: Denominator, kept_here: float) -> float:
+def _denominator(normalize: str, d: Denominator, kept_here) -> float | torch.Tensor:
     """The divisor making the sum over micro-batches and processes the step's normalized loss.
     (DDP averages gradients over processes, hence the caller's * world_size.)"""
     if normalize == "all-targets":
@@ -98,4 +100,4 @@ def _denominator(normalize: str, d: Denominator, kept_here: float) -> float:
     if d.kept is not None:
         return max(d.kept, 1.0)
     # online threshold: this micro-batch's own kept count; micro-batches and processes averaged
-    return max(kept_here, 1.0) * d.micro_batches * d.world_size
+    return torch.as_tensor(kept_here, dtype=torch.float32).clamp(min=1.0) * d.micro_batches * d.world_size
