@@ -14,11 +14,31 @@ of a plain cross-entropy.
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from tokensft.preprocess.scoring import LogitHead
 from tokensft.train.objectives import TokenTerms
+
+
+_recomputing = 0  # > 0 while checkpoint re-runs a chunk in the backward pass
+
+
+@contextmanager
+def _recompute():
+    global _recomputing
+    _recomputing += 1
+    try:
+        yield
+    finally:
+        _recomputing -= 1
+
+
+def _contexts():
+    """checkpoint's context_fn: nothing on the forward, a flag on the recompute."""
+    return nullcontext(), _recompute()
 
 
 def _chunk_terms(hidden: torch.Tensor, targets: torch.Tensor, prior_ids: torch.Tensor | None,
@@ -31,10 +51,14 @@ def _chunk_terms(hidden: torch.Tensor, targets: torch.Tensor, prior_ids: torch.T
         out.append(logits.gather(1, prior_ids) - log_z[:, None])  # (c, K)
     if self_ce:
         # -sum sg(p) log p has zero gradient w.r.t. the logits (p - p * sum p = 0): compute its value
-        # without autograd, which would otherwise push a full (c, V) row through the backward
-        with torch.no_grad():
-            logp_all = logits - log_z[:, None]  # (c, V)
-            out.append(-(logp_all.exp() * logp_all).sum(dim=-1))  # (c,)
+        # without autograd, which would otherwise push a full (c, V) row through the backward, and
+        # skip it when the backward recomputes the chunk (it saves nothing the gradient needs)
+        if _recomputing:
+            out.append(log_z.detach())  # a placeholder of the right shape; the recompute's outputs are dropped
+        else:
+            with torch.no_grad():
+                probs = torch.exp(logits - log_z[:, None])  # (c, V)
+                out.append(log_z - torch.linalg.vecdot(probs, logits))  # -sum p log p = log Z - sum p * logit
     if uniform_ce:
         out.append(log_z - logits.mean(dim=-1))  # -(1/V) sum_v log p_v, (c,)
     return tuple(out)
@@ -56,7 +80,8 @@ def target_terms(
     for start in range(0, hidden.shape[0], chunk_size):
         sl = slice(start, start + chunk_size)
         args = (hidden[sl], targets[sl], prior_ids[sl] if prior_ids is not None else None, head, self_ce, uniform_ce)
-        parts.append(checkpoint(_chunk_terms, *args, use_reentrant=False) if use_checkpoint else _chunk_terms(*args))
+        parts.append(checkpoint(_chunk_terms, *args, use_reentrant=False, context_fn=_contexts)
+                     if use_checkpoint else _chunk_terms(*args))
     if not parts:  # no targets: empty terms that still carry the graph (a zero loss backpropagates)
         parts = [_chunk_terms(hidden[:0], targets[:0], prior_ids[:0] if prior_ids is not None else None,
                               head, self_ce, uniform_ce)]

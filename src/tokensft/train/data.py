@@ -105,32 +105,40 @@ class TrainData:
         return self.train_indices[np.array(out)]
 
     def collate(self, indices, pad_id: int) -> dict:
-        """Tensors for a micro-batch, right-padded to its longest example (labels -100 at padding)."""
-        rows = self.table.take(pa.array(np.asarray(indices, dtype=np.int64)))
-        input_ids = rows.column("input_ids").to_pylist()
-        labels = rows.column("labels").to_pylist()
-        width = max(len(x) for x in input_ids)
-        batch_size = len(input_ids)
-        batch = {
-            "input_ids": torch.full((batch_size, width), pad_id, dtype=torch.long),
-            "labels": torch.full((batch_size, width), IGNORE_INDEX, dtype=torch.long),
-            "attention_mask": torch.zeros((batch_size, width), dtype=torch.long),
-            "ids": rows.column("id").to_pylist(),
-        }
-        for b, (ids, lab) in enumerate(zip(input_ids, labels)):
-            batch["input_ids"][b, :len(ids)] = torch.tensor(ids)
-            batch["labels"][b, :len(lab)] = torch.tensor(lab)
-            batch["attention_mask"][b, :len(ids)] = 1
-        if self.columns.mask:
-            batch["mask"] = torch.zeros((batch_size, width), dtype=torch.int8)
-            for b, m in enumerate(rows.column(self.columns.mask).to_pylist()):
-                batch["mask"][b, :len(m)] = torch.tensor(m, dtype=torch.int8)
-        if self.columns.prior_ids:
-            batch["prior_ids"], batch["prior_logprobs"] = _sparse_prior(
-                rows.column(self.columns.prior_ids), rows.column(self.columns.prior_logprobs), width)
-        if self.columns.ref:
-            batch["ref_logprob"] = torch.tensor(rows.column(self.columns.ref).to_numpy(zero_copy_only=False), dtype=torch.float32)
-        return batch
+        """Tensors for a micro-batch of these rows (see `collate_rows`)."""
+        return collate_rows(self.table.take(pa.array(np.asarray(indices, dtype=np.int64))), self.columns, pad_id)
+
+
+def collate_rows(rows: pa.Table, columns: Columns, pad_id: int) -> dict:
+    """Tensors for a micro-batch, right-padded to its longest example (labels -100 at padding).
+
+    input_ids, labels, attention_mask (B, T) long; ids: the example ids; with the columns the
+    objective needs: mask (B, T) int8, prior_ids / prior_logprobs (B, T, K), ref_logprob (B,).
+    """
+    input_ids = rows.column("input_ids").to_pylist()
+    labels = rows.column("labels").to_pylist()
+    width = max(len(x) for x in input_ids)
+    batch_size = len(input_ids)
+    batch = {
+        "input_ids": torch.full((batch_size, width), pad_id, dtype=torch.long),
+        "labels": torch.full((batch_size, width), IGNORE_INDEX, dtype=torch.long),
+        "attention_mask": torch.zeros((batch_size, width), dtype=torch.long),
+        "ids": rows.column("id").to_pylist(),
+    }
+    for b, (ids, lab) in enumerate(zip(input_ids, labels)):
+        batch["input_ids"][b, :len(ids)] = torch.tensor(ids)
+        batch["labels"][b, :len(lab)] = torch.tensor(lab)
+        batch["attention_mask"][b, :len(ids)] = 1
+    if columns.mask:
+        batch["mask"] = torch.zeros((batch_size, width), dtype=torch.int8)
+        for b, m in enumerate(rows.column(columns.mask).to_pylist()):
+            batch["mask"][b, :len(m)] = torch.tensor(m, dtype=torch.int8)
+    if columns.prior_ids:
+        batch["prior_ids"], batch["prior_logprobs"] = _sparse_prior(
+            rows.column(columns.prior_ids), rows.column(columns.prior_logprobs), width)
+    if columns.ref:
+        batch["ref_logprob"] = torch.tensor(rows.column(columns.ref).to_numpy(zero_copy_only=False), dtype=torch.float32)
+    return batch
 
 
 def _sparse_prior(ids_column, lp_column, width: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,12 +48,17 @@ def count_batch(batch: dict) -> dict:
 
 
 def micro_batch_loss(model, batch: dict, objective: Objective, normalize: str, denominator: Denominator,
-                     chunk_size: int = 256) -> tuple[torch.Tensor, dict]:
+                     chunk_size: int = 256, hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """The micro-batch's share of the step loss (backward it as is) and its metrics: sums, kept as
-    detached tensors so the hot loop never waits on the device (the caller reduces once per step)."""
+    detached tensors so the hot loop never waits on the device (the caller reduces once per step).
+
+    hidden: (B, T, H) final hidden states when the caller ran the forward itself (a wrapped model,
+    as in the Trainer interop); by default the model's decoder runs here.
+    """
     labels = batch["labels"]
-    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                                 use_cache=False).last_hidden_state  # (B, T, H)
+    if hidden is None:
+        hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                                     use_cache=False).last_hidden_state  # (B, T, H)
     rows, cols = torch.nonzero(labels != IGNORE_INDEX, as_tuple=True)  # (N,), (N,); cols >= 1
     prior = objective.prior
     prior_ids = prior_lp = None
