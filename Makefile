@@ -1,4 +1,4 @@
-# tokensft: `make demo` runs the pipeline end to end on the embedded default model;
+# tokensft: `make demo` runs the pipeline end to end (score, enrich, train, report) on the embedded default model;
 # `make test` runs the whole suite. Both create .venv and install everything first.
 #
 # torch is installed on its own, first, as a CPU build pinned by version: a bare `torch`
@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_score.py
 	$(PY) benchmarks/bench_enrich.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_report.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

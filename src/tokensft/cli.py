@@ -338,6 +338,39 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report", help="write a token-probability report: index.html (offline), summary.json, examples.parquet",
+        description="Where the scorer sits on the capability continuum for this data, which objective that "
+                    "suggests, and which examples and tokens look suspicious. With --compare, what moved between "
+                    "two scorings of the same examples (base against aligned model, before against after training).")
+    p.add_argument("directory", help="a scored (optionally enriched) dataset")
+    p.add_argument("--output", "-o", required=True, help="report directory (replaced whole if it holds a report)")
+    p.add_argument("--compare", metavar="DIR", help="a second scoring of the same examples (B; DIRECTORY is A)")
+    p.add_argument("--examples", "-n", type=int, default=8, help="examples rendered token by token (default %(default)s)")
+    p.add_argument("--model", help="tokenizer to decode tokens with (default: the dataset's model, offline)")
+    p.add_argument("--seed", type=int, default=0, help="which random examples are rendered (default %(default)s)")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args) -> int:
+    from tokensft.reports import write_report
+
+    if args.examples < 0:
+        raise TokensftError(f"--examples {args.examples}: must be 0 or more")
+    done = write_report(args.directory, args.output, compare_with=args.compare, model=args.model,
+                        examples=args.examples, seed=args.seed)
+    s = done["summary"]
+    c, r = s["continuum"], s["recommendation"]
+    print(f"report: {done['index']}")
+    if c["mean_p"] is not None:
+        print(f"  mean target p {c['mean_p']:.3f} (median {c['median_p']:.3f}, {c['frac_below_0_1']:.1%} below 0.1): "
+              f"{r['regime']}; consider {', '.join(r['objectives'])}")
+    if "compare" in s:
+        print(f"  compared with {args.compare}: mean p {s['compare']['mean_p_a']:.3f} -> {s['compare']['mean_p_b']:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokensft", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"tokensft {__version__}")
@@ -347,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_merge(sub)
     _add_inspect(sub)
+    _add_report(sub)
     return parser
 
 

@@ -15,7 +15,7 @@ from tokensft.schema import load, load_metadata
 MAX_TOKENS_SHOWN = 60
 
 
-def _tokenizer_for(meta: dict, model: str | None):
+def tokenizer_for(meta: dict, model: str | None):
     """The dataset's tokenizer, to decode ids; None when it cannot be loaded (ids are shown then)."""
     from tokensft.errors import TokensftError
 
@@ -120,7 +120,7 @@ def inspect_dataset(directory: str | Path, num_examples: int = 2, model: str | N
         *(f"  {field.name}: {field.type}" for field in dataset.data.schema),
     ]
     if len(dataset) and num_examples > 0:
-        tokenizer = _tokenizer_for(meta, model)
+        tokenizer = tokenizer_for(meta, model)
         out.append("examples" + ("" if tokenizer else " (tokenizer unavailable: showing ids; pass --model)"))
         for i in range(min(num_examples, len(dataset))):
             out.append(format_example(dataset[i], tokenizer))

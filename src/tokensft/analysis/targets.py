@@ -1,0 +1,202 @@
+"""Every target token of a finished scored dataset as flat numpy arrays, plus one row per example.
+
+    t = load_targets("scored/")          # Targets: N target tokens (labels != -100), E examples
+    t.prob[t.example == 3]               # the target probabilities of example row 3
+    t.examples.loc[3, "mean_p"]          # their mean
+
+Reading is one pass over the shards with pyarrow (the input_ids and messages columns are never
+read) and no Python loop per token. Target i of the whole dataset is the i-th supervised token in
+dataset order, so the targets of example e are the contiguous slice
+`starts[e]:starts[e + 1]`, in position order.
+
+Sparse top-k distributions are (N, K) arrays: the schema stores exactly K entries at every
+target and [] elsewhere, so the inner list values of a shard are already a row-major (N, K)
+block. Log-probs stay float16 as stored (1M targets x K = 20 is 40 MB) and are upcast by the
+functions that use them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from tokensft.errors import ConfigError
+from tokensft.preprocess.shards import flat_list, read_table, shard_name
+from tokensft.schema import IGNORE_INDEX, load_metadata
+
+TOPK_COLUMNS = ("topk_ids", "topk_logprobs", "teacher_topk_ids", "teacher_topk_logprobs")
+
+
+@dataclass
+class Targets:
+    """N target tokens of E examples. Per-target arrays are (N,) unless noted; `example` indexes `examples`."""
+
+    path: str
+    meta: dict  # tokensft.json
+    examples: pd.DataFrame  # (E rows) id, kind, num_tokens, num_targets, mean_logprob, mean_p, min_p, truncated, ref_*
+    example: np.ndarray  # int64, row of `examples` (non-decreasing)
+    position: np.ndarray  # int32, index of the token in input_ids
+    rel_position: np.ndarray  # float64, k / (n - 1) for the k-th of an example's n targets; 0 when n == 1
+    token_id: np.ndarray  # int32, the target token (labels)
+    logprob: np.ndarray  # float64, natural log p under the scorer
+    entropy: np.ndarray  # float32, entropy of the scorer's predictive distribution
+    rank: np.ndarray  # int32, rank of the target (0 = argmax)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)  # mask_<name> -> bool (N,), True = kept
+    teacher_logprob: np.ndarray | None = None  # float64
+    topk_ids: np.ndarray | None = None  # (N, K) int32, the scorer's K most likely ids, most likely first
+    topk_logprobs: np.ndarray | None = None  # (N, K) float16
+    teacher_topk_ids: np.ndarray | None = None  # (N, Kt) int32
+    teacher_topk_logprobs: np.ndarray | None = None  # (N, Kt) float16
+
+    def __post_init__(self):
+        self.prob = np.exp(self.logprob)  # (N,) float64
+        counts = self.examples["num_targets"].to_numpy(np.int64)
+        self.starts = np.zeros(len(counts) + 1, dtype=np.int64)  # (E + 1,) targets of e: starts[e]:starts[e + 1]
+        np.cumsum(counts, out=self.starts[1:])
+
+    @property
+    def num_targets(self) -> int:
+        return len(self.logprob)
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.examples)
+
+    @property
+    def ref_columns(self) -> list[str]:
+        """ref_<name>_mean_logprob of each reference, then ref_mean_logprob (their mean), when present."""
+        named = sorted(c for c in self.examples.columns
+                       if c.startswith("ref_") and c.endswith("_mean_logprob") and c != "ref_mean_logprob")
+        return named + (["ref_mean_logprob"] if "ref_mean_logprob" in self.examples.columns else [])
+
+
+def shard_paths(path: Path, meta: dict) -> list[Path]:
+    """The shard files in dataset order: state.json's `_data_files` (what `datasets` reads), else num_shards."""
+    state = path / "state.json"
+    try:
+        names = [f["filename"] for f in json.loads(state.read_text(encoding="utf-8"))["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        names = [shard_name(k) for k in range(int(meta.get("num_shards", 0)))]
+    missing = [n for n in names if not (path / n).is_file()]
+    if missing:
+        raise ConfigError(f"{path}: shard {missing[0]} is missing ({len(missing)} of {len(names)}); "
+                          f"re-run `tokensft merge {path}` or re-score")
+    return [path / n for n in names]
+
+
+def _topk_block(column: pa.ChunkedArray, targets: np.ndarray, where: str) -> np.ndarray:
+    """(n_targets, K) values of a list<list<...>> column whose inner lists are K long at targets, [] elsewhere."""
+    outer = column.combine_chunks()
+    o = outer.offsets.to_numpy()
+    values, inner_offsets = flat_list(outer.values.slice(o[0], o[-1] - o[0]))
+    counts = np.diff(inner_offsets)
+    k = int(counts[targets][0]) if targets.any() else 0
+    if (counts[targets] != k).any() or counts[~targets].any():
+        raise ConfigError(f"{where}: top-k lists are not K long at every target and empty elsewhere; re-score this dataset")
+    return values.reshape(-1, k) if k else values.reshape(0, 0)
+
+
+def _read_shard(path: Path, columns: list[str]) -> dict:
+    table = read_table(path, columns)
+    labels, offsets = flat_list(table["labels"])
+    is_target = labels != IGNORE_INDEX
+    lengths = np.diff(offsets)
+    row = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)  # (T,) the row of each token
+    idx = np.flatnonzero(is_target)
+    out = {
+        "row": row[idx], "position": (idx - offsets[row[idx]]).astype(np.int32), "token_id": labels[idx].astype(np.int32),
+        "num_tokens": lengths.astype(np.int32), "table": table,
+    }
+    for name in columns:
+        kind = table.schema.field(name).type
+        if name in TOPK_COLUMNS:
+            out[name] = _topk_block(table[name], is_target, f"{path} column {name}")
+        elif pa.types.is_list(kind) and name != "labels":
+            values, value_offsets = flat_list(table[name])
+            if not np.array_equal(value_offsets, offsets):
+                raise ConfigError(f"{path}: column {name} is not aligned with labels; re-score this dataset")
+            out[name] = values[idx]
+    return out
+
+
+def load_targets(path: str | Path, topk: bool = True) -> Targets:
+    """Every target token of the finished scored dataset at `path` (see `Targets`).
+
+    topk=False skips the sparse top-k columns (the bulk of the bytes) when they are not needed.
+    """
+    path = Path(path)
+    meta = load_metadata(path)
+    parts, base = [], 0
+    for shard in shard_paths(path, meta):
+        with pa.memory_map(str(shard)) as source:
+            names = pa.ipc.open_stream(source).schema.names
+        wanted = ["id", "labels", "logprob", "entropy", "rank", "truncated", "kind"]
+        wanted += [n for n in names if n.startswith(("mask_", "ref_")) or n == "teacher_logprob"]
+        wanted += [n for n in TOPK_COLUMNS if topk and n in names]
+        missing = [n for n in wanted if n not in names]
+        if missing:
+            raise ConfigError(f"{shard}: no column {missing[0]}; this is not a tokensft scored dataset")
+        part = _read_shard(shard, wanted)
+        part["row"] += base
+        base += part["table"].num_rows
+        parts.append(part)
+    return _assemble(str(path), meta, parts, base)
+
+
+def _cat(parts: list[dict], name: str, dtype, optional: bool = False) -> np.ndarray | None:
+    """The per-shard arrays `name` concatenated; an optional column absent from the shards is None."""
+    if not parts or name not in parts[0]:
+        return None if optional else np.zeros(0, dtype)
+    return np.concatenate([p[name] for p in parts]).astype(dtype, copy=False)
+
+
+def _assemble(path: str, meta: dict, parts: list[dict], num_examples: int) -> Targets:
+    example = _cat(parts, "row", np.int64)
+    counts = np.bincount(example, minlength=num_examples)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    k = np.arange(len(example)) - starts[example]  # (N,) index of each target within its example
+    n = counts[example]
+    rel = np.where(n > 1, k / np.maximum(n - 1, 1), 0.0)
+    logprob = _cat(parts, "logprob", np.float64)
+    topk = {}
+    for name in TOPK_COLUMNS:  # a shard with no targets holds a (0, 0) block: leave it out
+        if parts and name in parts[0]:
+            blocks = [p[name] for p in parts if len(p[name])]
+            dtype = np.int32 if name.endswith("ids") else np.float16
+            topk[name] = np.concatenate(blocks).astype(dtype, copy=False) if blocks else np.zeros((0, 0), dtype)
+    mask_names = [m for m in (parts[0] if parts else {}) if m.startswith("mask_")]
+    return Targets(
+        path=path, meta=meta, examples=_examples_frame(parts, example, counts, starts, logprob), example=example,
+        position=_cat(parts, "position", np.int32), rel_position=rel, token_id=_cat(parts, "token_id", np.int32),
+        logprob=logprob, entropy=_cat(parts, "entropy", np.float32), rank=_cat(parts, "rank", np.int32),
+        masks={m: _cat(parts, m, bool) for m in mask_names},
+        teacher_logprob=_cat(parts, "teacher_logprob", np.float64, optional=True), **topk,
+    )
+
+
+def _examples_frame(parts: list[dict], example: np.ndarray, counts: np.ndarray, starts: np.ndarray,
+                    logprob: np.ndarray) -> pd.DataFrame:
+    """One row per example; mean_logprob/mean_p/min_p recomputed in float64 from the targets (NaN when none)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_logprob = np.bincount(example, weights=logprob, minlength=len(counts)) / counts
+        mean_p = np.bincount(example, weights=np.exp(logprob), minlength=len(counts)) / counts
+    min_p = np.full(len(counts), np.nan)
+    has = counts > 0
+    if has.any():
+        min_p[has] = np.exp(np.minimum.reduceat(logprob, starts[:-1][has]))
+    def column(name: str, dtype=None) -> np.ndarray:
+        values = [p["table"][name].to_numpy(zero_copy_only=False) for p in parts]
+        return np.concatenate(values).astype(dtype, copy=False) if values else np.zeros(0, dtype or object)
+
+    frame = {"id": column("id", object), "kind": column("kind", object), "num_tokens": _cat(parts, "num_tokens", np.int32),
+             "num_targets": counts.astype(np.int64), "mean_logprob": mean_logprob, "mean_p": mean_p, "min_p": min_p,
+             "truncated": column("truncated", bool)}
+    for name in (parts[0]["table"].column_names if parts else []):
+        if name.startswith("ref_"):
+            frame[name] = column(name)
+    return pd.DataFrame(frame)

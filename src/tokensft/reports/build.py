@@ -1,0 +1,118 @@
+"""`tokensft report DIR --output REPORT [--compare B]`: index.html + summary.json + examples.parquet.
+
+    load_targets(DIR) -> summary() and the tables of tokensft.analysis -> figures (plots.py)
+    -> one self-contained page (html.py, tokens.py) -> written to a hidden sibling directory,
+    then swapped in place of REPORT, so a reader sees the old report or the new one, whole.
+
+All numbers come from tokensft.analysis; this module only arranges them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from tokensft import __version__
+from tokensft.analysis import (cdf, classify_vocab, compare, enrichment_parts, entropy_vs_probability, load_targets,
+                               probability_histogram, summary, token_strings)
+from tokensft.analysis.inspect_data import tokenizer_for
+from tokensft.errors import ConfigError
+from tokensft.fileio import exchange_dirs, temp_sibling
+from tokensft.reports import plots
+from tokensft.reports.html import img, key_values, page, table
+from tokensft.reports.sections import (compare_section, continuum_section, enrichment_sections, examples_section,
+                                       overview_section, per_example_frame)
+
+REPORT_FILES = {"index.html", "summary.json", "examples.parquet"}
+
+
+def write_report(directory: str, output: str, compare_with: str | None = None, model: str | None = None,
+                 examples: int = 8, seed: int = 0) -> dict:
+    """Build the report of `directory` into `output`; returns {"output", "index", "summary"}."""
+    began = time.perf_counter()
+    t = load_targets(directory)
+    tokenizer = tokenizer_for(t.meta, model)
+    classes = classify_vocab(tokenizer) if tokenizer is not None else None
+    parts = enrichment_parts(t, classes)
+    data = summary(t, classes, parts=parts)
+    other = load_targets(compare_with) if compare_with else None
+    moved = compare(t, other) if other is not None else None
+    if moved is not None:
+        data["compare"] = moved["summary"]
+    data["report"] = {"tokensft_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                      "tokenizer": None if tokenizer is None else type(tokenizer).__name__,
+                      "token_classes": classes is not None}
+
+    hist = probability_histogram(t)
+    binned, sample = entropy_vs_probability(t)
+    sections = [overview_section(data, tokenizer is not None),
+                continuum_section(data, directory, moved)]
+    probs = (img(plots.histogram(hist), "histogram of target probabilities") +
+             img(plots.cdf(cdf(t)), "cumulative distribution of target probabilities") +
+             "<h3>Quantiles of target p</h3>" + table(pd.DataFrame(data["quantiles"])) +
+             "<h3>Entropy against probability</h3>" +
+             '<p class="muted">Low p with low entropy: the model was confident in another token. Low p with high '
+             "entropy: it had no clear guess.</p>" + img(plots.entropy_vs_probability(binned, sample), "entropy against probability"))
+    sections.append(("distribution", "Probabilities", probs))
+    sections.append(("position", "Position & class", _position_and_class(data)))
+    masks, refs, teacher = parts["masks"], parts["refs"], parts["teacher"]
+    sections += enrichment_sections(directory, masks, refs, teacher)
+    sections.append(examples_section(t, data, tokenizer, examples, seed, _input_ids(directory, t, examples, seed)))
+    if moved is not None:
+        sections.append(compare_section(moved, directory, compare_with, token_strings(tokenizer, moved["tokens_moved"]["token_id"][:30])))
+    html = page(f"tokensft report: {Path(directory).name}",
+                f"{t.num_targets:,} targets in {t.num_examples:,} examples scored by {data['overview']['model']} "
+                f"· tokensft {__version__}", sections)
+    frame = per_example_frame(t, masks, refs, teacher, moved)
+    _write_atomically(Path(output), html, data, frame)
+    data["report"]["seconds"] = round(time.perf_counter() - began, 3)
+    return {"output": str(output), "index": str(Path(output) / "index.html"), "summary": data}
+
+
+def _position_and_class(data: dict) -> str:
+    body = ("<h3>Along the response</h3>" + img(plots.by_position(pd.DataFrame(data["by_position"])), "probability by position")
+            + table(pd.DataFrame(data["by_position"])))
+    if data["by_class"] is None:
+        return body + ('<h3>By token class</h3><p class="muted">The scorer\'s tokenizer could not be loaded offline, so '
+                       "token classes are unavailable; pass <code>--model</code> with a local copy.</p>")
+    frame = pd.DataFrame(data["by_class"])
+    return (body + "<h3>By token class</h3>" + img(plots.by_class(frame), "probability by token class") + table(frame))
+
+
+def _input_ids(directory: str, t, n: int, seed: int) -> dict[int, list[int]]:
+    """input_ids of the examples the page renders (only those rows are read)."""
+    from tokensft.reports.tokens import pick_examples
+    from tokensft.schema import load
+
+    rows = sorted({row for row, _ in pick_examples(t, n, seed)})
+    if not rows:
+        return {}
+    dataset = load(directory).select_columns(["input_ids"]).select(rows)
+    return dict(zip(rows, dataset["input_ids"]))
+
+
+def _write_atomically(output: Path, html: str, data: dict, frame: pd.DataFrame) -> None:
+    """Write the three files to a sibling directory, then put it in place of `output`."""
+    output = output.resolve()
+    if output.exists() and (not output.is_dir() or set(p.name for p in output.iterdir()) - REPORT_FILES):
+        raise ConfigError(f"{output}: exists and is not a tokensft report (it holds other files); choose another --output")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = temp_sibling(output)
+    staging.mkdir()
+    try:
+        (staging / "index.html").write_text(html, encoding="utf-8")
+        (staging / "summary.json").write_text(json.dumps(data, indent=1, allow_nan=False), encoding="utf-8")
+        frame.to_parquet(staging / "examples.parquet", index=False)
+        if output.exists():
+            exchange_dirs(staging, output)  # staging now holds the old report
+            shutil.rmtree(staging)
+        else:
+            staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
