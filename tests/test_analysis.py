@@ -413,7 +413,7 @@ def test_dataframes_equal_naive(scored, tiny_dirs):
     by_key = {(x["example"], x["position"]): x for x in targets}
     for row in sample.itertuples():
         x = by_key[(row.example, row.position)]
-        assert row.p == x["p"] and row.entropy == pytest.approx(x["entropy"])
+        assert row.p == pytest.approx(x["p"], rel=1e-12) and row.entropy == pytest.approx(x["entropy"])
     assert len(entropy_vs_probability(t, sample=10**6)[1]) == len(targets)  # all when fewer than `sample`
     classes = classes_for(directory, tiny_dirs)
     frame = by_class(t, classes)

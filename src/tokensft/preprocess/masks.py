@@ -4,7 +4,8 @@
     spec.column                                        # "mask_prob_ge_0.1"
     values = mask_values(spec, logprob, offsets, ids)  # (N,) int8 over a shard's flat tokens
 
-Specs (p = exp(logprob) of a target under the scorer, or under the teacher with a `teacher:` prefix):
+Specs (p = exp(logprob) of a target under the scorer, or under the teacher with a `teacher:` prefix;
+thresholds are compared in log space at the stored float32 precision, so p == T means equal to it):
     prob>=T              keep p >= T (p == T is kept)       ProFit, T = 0.1; thresholded -log p, T = 0.2
     prob<=T              keep p <= T                        ablation: only the hard tokens
     prob-between:A:B     keep A <= p <= B                   ablation: a probability band
@@ -197,14 +198,13 @@ def mask_values(
     Returns (N,) int8, 1 = keep.
     """
     target = ~np.isnan(logprob)  # (N,)
-    prob = np.exp(logprob.astype(np.float64))  # (N,) NaN at non-targets, compares False
     rule, p = spec.rule, spec.params
     if rule == "prob>=":
-        keep = prob >= p[0]
+        keep = logprob >= log_threshold(p[0])  # NaN at non-targets compares False
     elif rule == "prob<=":
-        keep = prob <= p[0]
+        keep = logprob <= log_threshold(p[0])
     elif rule == "prob-between":
-        keep = (prob >= p[0]) & (prob <= p[1])
+        keep = (logprob >= log_threshold(p[0])) & (logprob <= log_threshold(p[1]))
     elif rule == "quantile>=":
         assert threshold is not None, "quantile masks need the dataset-wide threshold"
         keep = logprob >= np.float32(threshold)  # NaN threshold (no targets): keeps nothing
@@ -217,6 +217,16 @@ def mask_values(
     else:
         raise AssertionError(rule)
     return (keep & target).astype(np.int8)
+
+
+def log_threshold(prob: float) -> np.float32:
+    """log(prob) at the stored float32 precision of the log-probs (-inf for prob 0).
+
+    Comparing log-probs to it, rather than exp(logprob) to prob, keeps a token whose p equals the
+    threshold however the caller computed that p: exp implementations (numpy's SIMD loops,
+    math.exp, torch) disagree in the last bit, but all round back to the same float32 log-prob.
+    """
+    return np.float32(math.log(prob)) if prob > 0 else np.float32(-np.inf)
 
 
 def _top_fraction(logprob: np.ndarray, target: np.ndarray, offsets: np.ndarray, fraction: float) -> np.ndarray:
