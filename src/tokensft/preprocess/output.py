@@ -21,11 +21,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import pyarrow as pa
 
 from tokensft.errors import ConfigError
 from tokensft.fileio import atomic_write
-from tokensft.preprocess.shards import SHARD_RE, add_stats, empty_stats, finished_chunks, read_shard_info, shard_name
+from tokensft.preprocess.shards import SHARD_RE, add_stats, empty_stats, finished_chunks, read_schema, read_shard_info, shard_name
 from tokensft.schema import METADATA_FILE
 
 STATE_DIR = ".tokensft"
@@ -202,8 +201,7 @@ def finish(directory: Path, extra_metadata: dict | None = None) -> dict:
 def _dataset_info(directory: Path, run: dict) -> dict:
     import datasets  # deferred: ~1 s import
 
-    with pa.memory_map(str(directory / shard_name(0))) as source:
-        schema = pa.ipc.open_stream(source).schema
+    schema = read_schema(directory / shard_name(0))
     info = datasets.DatasetInfo(
         description="Token-level scores written by tokensft score; see tokensft.json.",
         features=datasets.Features.from_arrow_schema(schema),

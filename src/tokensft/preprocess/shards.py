@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from tokensft.errors import ConfigError
 from tokensft.fileio import atomic_write
 from tokensft.preprocess.formats import Example
 
@@ -62,9 +63,28 @@ def flat_list(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarra
 
 def read_table(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
     """A shard's rows (optionally only `columns`), schema metadata included."""
-    with pa.memory_map(str(path)) as source:
-        table = pa.ipc.open_stream(source).read_all()
+    try:
+        with pa.memory_map(str(path)) as source:
+            table = pa.ipc.open_stream(source).read_all()
+    except pa.ArrowInvalid as exc:
+        raise _damaged(path, exc) from None
     return table.select(list(columns)) if columns is not None else table
+
+
+def read_schema(path: Path) -> pa.Schema:
+    """A shard's schema (column names, types, metadata) without reading its rows."""
+    try:
+        with pa.memory_map(str(path)) as source:
+            return pa.ipc.open_stream(source).schema
+    except pa.ArrowInvalid as exc:
+        raise _damaged(path, exc) from None
+
+
+def _damaged(path: Path, exc: Exception) -> ConfigError:
+    """Shards are written atomically, so an unreadable one was damaged or replaced afterwards."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ConfigError(f"{path}: not a readable Arrow shard ({first}); it was changed after tokensft wrote it: "
+                       "restore it or re-score the dataset")
 
 
 def _cat(arrays: list[np.ndarray], dtype) -> np.ndarray:
@@ -133,8 +153,7 @@ def write_shard(directory: Path, chunk: int, table: pa.Table, stats: dict) -> Pa
 
 def read_shard_info(path: Path) -> tuple[dict, dict]:
     """(run metadata, chunk stats) from a shard's schema, without reading its rows."""
-    with pa.memory_map(str(path)) as source:
-        meta = pa.ipc.open_stream(source).schema.metadata or {}
+    meta = read_schema(path).metadata or {}
     return json.loads(meta.get(METADATA_KEY, b"{}")), json.loads(meta.get(CHUNK_KEY, b"{}"))
 
 

@@ -17,17 +17,18 @@ from pathlib import Path
 import pandas as pd
 
 from tokensft import __version__
-from tokensft.analysis import (cdf, classify_vocab, compare, enrichment_parts, entropy_vs_probability, load_targets,
-                               probability_histogram, summary, token_strings)
+from tokensft.analysis import (cdf, classify_vocab, compare, enrichment_parts, entropy_vs_probability, jsonable,
+                               load_targets, probability_histogram, summary, token_strings)
 from tokensft.analysis.inspect_data import tokenizer_for
 from tokensft.errors import ConfigError
 from tokensft.fileio import exchange_dirs, temp_sibling
 from tokensft.reports import plots
-from tokensft.reports.html import img, key_values, page, table
+from tokensft.reports.html import img, page, table
 from tokensft.reports.sections import (compare_section, continuum_section, enrichment_sections, examples_section,
                                        overview_section, per_example_frame)
 
 REPORT_FILES = {"index.html", "summary.json", "examples.parquet"}
+COMPARE_ROWS = 30  # tokens moved and examples changed kept in summary.json (examples.parquet has every example)
 
 
 def write_report(directory: str, output: str, compare_with: str | None = None, model: str | None = None,
@@ -41,8 +42,9 @@ def write_report(directory: str, output: str, compare_with: str | None = None, m
     data = summary(t, classes, parts=parts)
     other = load_targets(compare_with) if compare_with else None
     moved = compare(t, other) if other is not None else None
-    if moved is not None:
-        data["compare"] = moved["summary"]
+    if moved is not None:  # the page's comparison tables too, so summary.json holds every number shown
+        data["compare"] = {**moved["summary"], **jsonable({"tokens_moved": moved["tokens_moved"].head(COMPARE_ROWS),
+                                                            "examples_changed": moved["examples_changed"].head(COMPARE_ROWS)})}
     data["report"] = {"tokensft_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                       "tokenizer": None if tokenizer is None else type(tokenizer).__name__,
                       "token_classes": classes is not None}
@@ -61,15 +63,15 @@ def write_report(directory: str, output: str, compare_with: str | None = None, m
     sections.append(("position", "Position & class", _position_and_class(data)))
     masks, refs, teacher = parts["masks"], parts["refs"], parts["teacher"]
     sections += enrichment_sections(directory, masks, refs, teacher)
-    sections.append(examples_section(t, data, tokenizer, examples, seed, _input_ids(directory, t, examples, seed)))
+    sections.append(examples_section(t, data, tokenizer, examples, seed, _input_ids(t, examples, seed)))
     if moved is not None:
         sections.append(compare_section(moved, directory, compare_with, token_strings(tokenizer, moved["tokens_moved"]["token_id"][:30])))
     html = page(f"tokensft report: {Path(directory).name}",
                 f"{t.num_targets:,} targets in {t.num_examples:,} examples scored by {data['overview']['model']} "
                 f"· tokensft {__version__}", sections)
     frame = per_example_frame(t, masks, refs, teacher, moved)
+    data["report"]["seconds"] = round(time.perf_counter() - began, 3)  # everything but writing the files
     _write_atomically(Path(output), html, data, frame)
-    data["report"]["seconds"] = round(time.perf_counter() - began, 3)
     return {"output": str(output), "index": str(Path(output) / "index.html"), "summary": data}
 
 
@@ -83,16 +85,22 @@ def _position_and_class(data: dict) -> str:
     return (body + "<h3>By token class</h3>" + img(plots.by_class(frame), "probability by token class") + table(frame))
 
 
-def _input_ids(directory: str, t, n: int, seed: int) -> dict[int, list[int]]:
-    """input_ids of the examples the page renders (only those rows are read)."""
+def _input_ids(t, n: int, seed: int) -> dict[int, list[int]]:
+    """input_ids of the examples the page renders, read from the shards as load_targets reads them."""
+    from tokensft.analysis.targets import shard_paths
+    from tokensft.preprocess.shards import read_table
     from tokensft.reports.tokens import pick_examples
-    from tokensft.schema import load
 
-    rows = sorted({row for row, _ in pick_examples(t, n, seed)})
-    if not rows:
-        return {}
-    dataset = load(directory).select_columns(["input_ids"]).select(rows)
-    return dict(zip(rows, dataset["input_ids"]))
+    wanted, out, base = sorted({row for row, _ in pick_examples(t, n, seed)}), {}, 0
+    for shard in shard_paths(Path(t.path), t.meta):
+        if base > (wanted[-1] if wanted else -1):
+            break
+        column = read_table(shard, ["input_ids"])["input_ids"]
+        for row in wanted:
+            if base <= row < base + len(column):
+                out[row] = column[row - base].as_py()
+        base += len(column)
+    return out
 
 
 def _write_atomically(output: Path, html: str, data: dict, frame: pd.DataFrame) -> None:
