@@ -5,7 +5,6 @@ requests get one-line errors."""
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path

@@ -366,8 +366,10 @@ def _cmd_report(args) -> int:
     if c["mean_p"] is not None:
         print(f"  mean target p {c['mean_p']:.3f} (median {c['median_p']:.3f}, {c['frac_below_0_1']:.1%} below 0.1): "
               f"{r['regime']}; consider {', '.join(r['objectives'])}")
-    if "compare" in s:
-        print(f"  compared with {args.compare}: mean p {s['compare']['mean_p_a']:.3f} -> {s['compare']['mean_p_b']:.3f}")
+    m = s.get("compare")
+    if m and m["mean_p_a"] is not None:
+        print(f"  compared with {args.compare} on {m['examples']:,} shared examples: mean p {m['mean_p_a']:.3f} -> "
+              f"{m['mean_p_b']:.3f}")
     return 0
 
 

@@ -4,7 +4,8 @@
     result["summary"]          # JSON-able: mean p before/after, shift, fraction of targets up/down
     result["tokens_moved"]     # per token id, sorted by |mean delta p|
 
-Alignment: examples are matched by id (ids must be unique in each dataset). Examples in only one
+Alignment: examples are matched by id (a repeated id: its k-th occurrence in dataset order with
+the other side's k-th). Examples in only one
 dataset are left out and counted (only_in_a / only_in_b); at least one id must be shared. A
 shared example must have the same target tokens in both (same count, same ids, in order; the
 context before them may differ, e.g. another chat template): otherwise the two datasets are not
@@ -21,18 +22,20 @@ from tokensft.analysis.targets import Targets
 from tokensft.errors import ConfigError
 
 
-def _unique_ids(t: Targets) -> pd.Index:
-    ids = pd.Index(t.examples["id"])
-    if not ids.is_unique:
-        raise ConfigError(f"{t.path}: example id {ids[ids.duplicated()][0]!r} occurs more than once; "
-                          "compare matches examples by id (give the records unique ids and re-score)")
-    return ids
+def _keys(t: Targets) -> pd.MultiIndex:
+    """(id, occurrence) of each example: the k-th record with a given id matches the other side's k-th.
+
+    Ids derived from content repeat for repeated records, which SFT data often has; matching them in
+    dataset order keeps them comparable instead of refusing the whole dataset.
+    """
+    ids = pd.Series(t.examples["id"].to_numpy())
+    return pd.MultiIndex.from_arrays([ids, ids.groupby(ids, sort=False).cumcount()])
 
 
 def align(a: Targets, b: Targets) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(rows_a, rows_b): shared examples, in a's order; (targets_a, targets_b): (M,) indices of their targets."""
-    ids_a, ids_b = _unique_ids(a), _unique_ids(b)
-    rows_b_all = ids_b.get_indexer(ids_a)  # (E_a,) row in b of each a example, -1 if absent
+    ids_a = a.examples["id"].to_numpy()
+    rows_b_all = _keys(b).get_indexer(_keys(a))  # (E_a,) row in b of each a example, -1 if absent
     rows_a = np.flatnonzero(rows_b_all >= 0)
     rows_b = rows_b_all[rows_a]
     if len(rows_a) == 0:
@@ -41,8 +44,8 @@ def align(a: Targets, b: Targets) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     counts_b = np.diff(b.starts)[rows_b]
     if (counts_a != counts_b).any():
         i = int(np.flatnonzero(counts_a != counts_b)[0])
-        raise ConfigError(f"{a.path} and {b.path}: example {ids_a[rows_a[i]]!r} has {counts_a[i]} targets in one and "
-                          f"{counts_b[i]} in the other; compare needs the same target tokens (same tokenizer, no truncation)")
+        raise ConfigError(f"example {ids_a[rows_a[i]]!r} has {counts_a[i]} targets in {a.path} and {counts_b[i]} in "
+                          f"{b.path}; compare needs the same target tokens (same tokenizer, no truncation)")
     targets_a, targets_b = _ranges(a.starts[rows_a], counts_a), _ranges(b.starts[rows_b], counts_b)
     differ = a.token_id[targets_a] != b.token_id[targets_b]
     if differ.any():

@@ -11,19 +11,19 @@ Teacher definitions (targets whose teacher log-prob is NaN are left out of every
   known, so the agreement is bounded instead: both argmaxes equal the target -> agree; exactly one
   does -> disagree; neither -> unknown. `top1_agreement` is then None and `top1_agreement_bounds`
   [lower, upper] brackets it (lower = both, upper = both + neither).
-- KL(teacher || scorer) on the teacher's top-k: both distributions coarse-grained to K + 1 cells,
-  the teacher's top-k ids S and one cell for every other id:
+- KL(teacher || scorer) on the teacher's top-k: both distributions coarse-grained to a partition
+  of the vocabulary, one cell per teacher top-k id whose scorer probability p_k is stored (the
+  target: exp(logprob) at float32 precision; an id among the scorer's top-K: its stored value),
+  and one rest cell for every other id, including the teacher's top-k ids the scorer did not store:
       KL_i = sum_{k in S} q_k log(q_k / p_k) + q_rest log(q_rest / p_rest)
   with q_k the teacher's stored probabilities (scaled to sum to 1 if float16 rounding pushes them
-  over), q_rest = 1 - sum_S q, p_rest = max(1 - sum_S p, 1e-6). By the data-processing inequality
-  this is a lower bound on the full-vocabulary KL when the p_k are exact, and 0 when the two models
-  agree. p_k, the scorer's probability of teacher id k: exp(logprob) if k is the target (float32
-  precision), else the scorer's stored top-k value if k is among its top-K, else a cap: the
-  scorer's K-th probability (any id outside its top-K has at most that much). A capped p_k is
-  over-stated (its term under-stated, p_rest under-stated); `kl_capped_mass` is the mean teacher
-  mass on capped ids (0: exact on the whole support). Without the scorer's top-k there is no cap
-  and no KL (None). Renormalizing the teacher's top-k alone would not do: for two identical models
-  it gives -log(top-k mass) instead of 0.
+  over), q_rest = 1 - sum_S q, p_rest = max(1 - sum_S p, 1e-6). KL over a coarser partition never
+  exceeds the full-vocabulary KL (data-processing inequality), so this is a lower bound whenever
+  the stored p_k are exact, and 0 when the two models agree. `kl_unknown_mass` is the mean teacher
+  mass merged into the rest cell because the scorer's probability of those ids is not stored (0:
+  every teacher id matched; the larger, the looser the bound: store a larger scorer `--top-k`).
+  Without the scorer's top-k there is no KL (None). Renormalizing the teacher's top-k alone would
+  not do: for two identical models it gives -log(top-k mass) instead of 0.
 """
 
 from __future__ import annotations
@@ -118,35 +118,36 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
 
 
 def teacher_kl(t: Targets) -> tuple[np.ndarray, np.ndarray] | None:
-    """((N,) KL(teacher || scorer) on the teacher's top-k plus a rest cell, (N,) teacher mass on capped ids);
-    see the module docstring. None without both top-k distributions."""
+    """((N,) KL(teacher || scorer) on the matched teacher ids plus a rest cell, (N,) teacher mass merged
+    into the rest cell); see the module docstring. None without both top-k distributions."""
     if t.teacher_topk_ids is None or t.topk_ids is None or t.topk_ids.shape[1] == 0:
         return None
     n = t.num_targets
-    kl, capped_mass = np.empty(n), np.empty(n)
+    kl, unknown_mass = np.empty(n), np.empty(n)
     for a in range(0, n, CHUNK):
         b = min(a + CHUNK, n)
         ids = t.teacher_topk_ids[a:b]  # (C, Kt)
         q = np.exp(t.teacher_topk_logprobs[a:b].astype(np.float64))
         q /= np.maximum(q.sum(axis=1, keepdims=True), 1.0)  # float16 rounding may push the sum over 1
         plp_k = t.topk_logprobs[a:b].astype(np.float64)  # (C, Kp)
-        log_p = np.repeat(plp_k[:, -1:], ids.shape[1], axis=1)  # the cap: the scorer's K-th log-prob
-        capped = np.ones(ids.shape, dtype=bool)
+        log_p = np.zeros(ids.shape)  # the scorer's log-prob of each teacher id, where `known`
+        known = np.zeros(ids.shape, dtype=bool)
         hit = np.empty(ids.shape, dtype=bool)
         for j in range(plp_k.shape[1]):  # a loop over K, not over tokens; in place: no (C, Kt) temporaries
             np.equal(ids, t.topk_ids[a:b, j:j + 1], out=hit)
             np.copyto(log_p, plp_k[:, j:j + 1], where=hit)
-            capped[hit] = False
+            known |= hit
         np.equal(ids, t.token_id[a:b, None], out=hit)
         np.copyto(log_p, t.logprob[a:b, None], where=hit)
-        capped[hit] = False
-        q_rest = np.maximum(1.0 - q.sum(axis=1), 0.0)
-        p_rest = np.maximum(1.0 - np.exp(log_p).sum(axis=1), REST_FLOOR)
+        known |= hit
+        q_known = np.where(known, q, 0.0)  # (C, Kt) the matched cells; the rest go to the rest cell
+        q_rest = np.maximum(1.0 - q_known.sum(axis=1), 0.0)
+        p_rest = np.maximum(1.0 - np.where(known, np.exp(log_p), 0.0).sum(axis=1), REST_FLOOR)
         with np.errstate(divide="ignore", invalid="ignore"):
-            terms = np.where(q > 0, q * (np.log(q) - log_p), 0.0).sum(axis=1)
+            terms = np.where(q_known > 0, q_known * (np.log(q_known) - log_p), 0.0).sum(axis=1)
             kl[a:b] = terms + np.where(q_rest > 0, q_rest * (np.log(q_rest) - np.log(p_rest)), 0.0)
-        capped_mass[a:b] = (q * capped).sum(axis=1)
-    return kl, capped_mass
+        unknown_mass[a:b] = (q * ~known).sum(axis=1)
+    return kl, unknown_mass
 
 
 def teacher_stats(t: Targets) -> dict | None:
@@ -191,7 +192,7 @@ def teacher_stats(t: Targets) -> dict | None:
         "top1_agreement_bounds": bounds,
         "agreement_method": "topk" if agree is not None else "bounds" if has_topk else None,
         "kl_mean": mean(kl[0]) if kl else None, "kl_median": quantile(kl[0], 0.5) if kl else None,
-        "kl_q90": quantile(kl[0], 0.9) if kl else None, "kl_capped_mass": mean(kl[1]) if kl else None,
+        "kl_q90": quantile(kl[0], 0.9) if kl else None, "kl_unknown_mass": mean(kl[1]) if kl else None,
     }
     per_example = _teacher_per_example(t, v, teacher_p, kl[0] if kl else None, agree)
     return {"summary": jsonable(summary), "per_example": per_example}

@@ -7,26 +7,40 @@ probability, log-prob, rank and entropy (and its top alternatives when stored).
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
 from tokensft.schema import load, load_metadata
 
 MAX_TOKENS_SHOWN = 60
+logger = logging.getLogger(__name__)
 
 
 def tokenizer_for(meta: dict, model: str | None):
-    """The dataset's tokenizer, to decode ids; None when it cannot be loaded (ids are shown then)."""
-    from tokensft.errors import TokensftError
+    """The dataset's tokenizer, to decode ids.
+
+    Without `model`: the scorer's, if it is on disk (nothing is fetched or converted for it), else
+    None (ids are shown then). An explicit `model` must load and share the dataset's tokens (its
+    token fingerprint), else a ConfigError: decoding with another vocabulary would mislabel tokens.
+    """
+    from tokensft.errors import ConfigError, TokensftError
+    from tokensft.preprocess.models import load_tokenizer, resolve_model_dir, tokenizer_fingerprint
 
     try:
-        from tokensft.preprocess.models import resolve_model_dir
-        from transformers import AutoTokenizer
-
-        path, _ = resolve_model_dir(model or meta["model"]["name"])
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (TokensftError, OSError, ValueError):
+        path, _ = resolve_model_dir(model or meta["model"]["name"], fetch=model is not None)
+        tokenizer = load_tokenizer(path)
+    except (TokensftError, OSError, ValueError) as exc:
+        if model is not None:
+            raise ConfigError(f"--model {model}: {exc}") from None
         return None
+    if meta.get("token_fingerprint") not in (None, tokenizer_fingerprint(tokenizer, chat_template=False)):
+        if model is not None:
+            raise ConfigError(f"--model {model}: its tokenizer differs from the one the dataset was scored with "
+                              "(token fingerprints differ); pass the scorer's tokenizer")
+        logger.warning("the tokenizer in %s no longer matches the dataset's tokens; showing ids", path)
+        return None
+    return tokenizer
 
 
 def _piece(tokenizer, token_id: int) -> str:

@@ -115,12 +115,15 @@ def by_class(t: Targets, classes: np.ndarray) -> pd.DataFrame:
 
 
 def extreme_examples(t: Targets, n: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(lowest, highest): the n examples with the lowest / highest mean target p (examples without targets
-    left out; ties keep dataset order). Columns: row, id, num_targets, mean_p, mean_logprob, min_p, truncated."""
+    """(lowest, highest): the examples with the lowest / highest mean target p, n of each but at most half
+    the examples with targets, so the two never overlap (a single example is in both). Examples without
+    targets are left out; ties keep dataset order. Columns: row, id, num_targets, mean_p, mean_logprob,
+    min_p, truncated."""
     frame = t.examples[t.examples["num_targets"] > 0]
     frame = frame.rename_axis("row").reset_index()[["row", "id", "num_targets", "mean_p", "mean_logprob", "min_p", "truncated"]]
-    lowest = frame.sort_values("mean_p", kind="stable").head(n).reset_index(drop=True)
-    highest = frame.sort_values("mean_p", kind="stable", ascending=False).head(n).reset_index(drop=True)
+    shown = min(n, max(1, len(frame) // 2))
+    lowest = frame.sort_values("mean_p", kind="stable").head(shown).reset_index(drop=True)
+    highest = frame.sort_values("mean_p", kind="stable", ascending=False).head(shown).reset_index(drop=True)
     return lowest, highest
 
 

@@ -105,15 +105,25 @@ def pick_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dt
     return DTYPES[dtype]
 
 
-def resolve_model_dir(spec: str) -> tuple[Path, str]:
-    """(local HF directory, display name) for a model spec; converts or fetches as needed."""
+def resolve_model_dir(spec: str, fetch: bool = True) -> tuple[Path, str]:
+    """(local HF directory, display name) for a model spec; converts or fetches as needed.
+
+    fetch=False: only what is already on disk (for reading a tokenizer, say): the default model
+    and GGUF files resolve only once they are in the cache; a ModelError otherwise.
+    """
     if spec.lower() == DEFAULT_MODEL:
+        cached = cache_dir() / "models" / DEFAULT_MODEL
+        if not fetch and not cached.is_dir():
+            raise ModelError(f"the default model is not in the cache ({cached}); any command that runs it fetches it")
         return _default_model_dir(), DEFAULT_MODEL
     path = Path(spec).expanduser()
     if spec.lower().endswith(".gguf"):
         if not path.is_file():
             raise ModelError(f"GGUF file '{spec}' does not exist (check the path given to --model)")
-        return _convert_gguf(path, cache_dir() / "gguf" / _file_sha256(path)[:16]), spec
+        converted = cache_dir() / "gguf" / _file_sha256(path)[:16]
+        if not fetch and not converted.is_dir():
+            raise ModelError(f"'{spec}' is not converted yet ({converted}); any command that runs it converts it")
+        return _convert_gguf(path, converted), spec
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelError(f"model directory '{path}' has no config.json (pass a Hugging Face model directory)")

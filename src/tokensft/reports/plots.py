@@ -180,8 +180,10 @@ def teacher(per_example: pd.DataFrame) -> bytes:
     """Per example: the teacher's mean target p against the scorer's, coloured by the top-k KL."""
     fig, ax = _figure(6.0, 3.4)
     kl = per_example["kl_mean"]
-    points = ax.scatter(per_example["mean_p"], per_example["teacher_mean_p"], s=10,
-                        c=kl if kl.notna().any() else BLUE, cmap="viridis")
+    if kl.notna().any():
+        points = ax.scatter(per_example["mean_p"], per_example["teacher_mean_p"], s=10, c=kl, cmap="viridis")
+    else:  # no KL to colour by (no scorer top-k): a colormap without values only warns
+        points = ax.scatter(per_example["mean_p"], per_example["teacher_mean_p"], s=10, color=BLUE)
     if kl.notna().any():
         fig.colorbar(points, ax=ax, label="mean KL(teacher || scorer), top-k")
     ax.plot([0, 1], [0, 1], color=GREY, linestyle="--", linewidth=1)

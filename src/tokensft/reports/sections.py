@@ -43,7 +43,10 @@ def continuum_section(data: dict, directory: str, moved: dict | None) -> Section
                f'<span class="big">{c["frac_below_0_1"]:.1%}</span> of targets below 0.1</p>'
                f'<p class="muted">Per-example average of mean p: {fmt(c["mean_p_by_example"])}; mean log-prob '
                f'{fmt(c["mean_logprob"])}.</p>')
-    figure = img(plots.continuum(c, moved["summary"]["mean_p_b"] if moved else None, "compared"), "capability continuum")
+    label, m = "compared", moved["summary"] if moved else None
+    if m and (m["only_in_a"] or m["only_in_b"]):  # B's mean covers the shared examples only: say so, with A's there
+        label = f"compared, on the {m['examples']:,} shared examples (this data there: {m['mean_p_a']:.3f})"
+    figure = img(plots.continuum(c, m["mean_p_b"] if m else None, label), "capability continuum")
     commands = "".join(f"<li><code>tokensft train {esc(directory)} --objective {esc(o)} --output ckpt/</code></li>"
                        for o in [*r["objectives"], *r["also"]])
     reasoning = "".join(f"<li>{esc(line)}</li>" for line in r["reasoning"])
@@ -91,8 +94,14 @@ def enrichment_sections(directory: str, masks: dict, refs: dict | None, teacher:
                  ("top-1 agreement", s["top1_agreement"]),
                  ("top-1 agreement bounds", s["top1_agreement_bounds"] and " – ".join(fmt(b) for b in s["top1_agreement_bounds"])),
                  ("agreement method", s["agreement_method"]), ("mean KL(teacher ‖ scorer), top-k", s["kl_mean"]),
-                 ("median KL", s["kl_median"]), ("90th percentile KL", s["kl_q90"])]
-        body = key_values(pairs) + img(plots.teacher(teacher["per_example"]), "teacher against scorer per example")
+                 ("median KL", s["kl_median"]), ("90th percentile KL", s["kl_q90"]),
+                 ("teacher mass whose scorer p is not stored", s["kl_unknown_mass"])]
+        note = ('<p class="muted">The KL is computed on the teacher\'s top-k ids whose scorer probability is stored '
+                "(the target and the scorer's top-k) plus one cell for every other id: a lower bound on the full "
+                "KL, looser the more teacher mass falls outside the scorer's stored top-k (score with a larger "
+                "<code>--top-k</code> to tighten it).</p>" if s["kl_mean"] is not None else
+                '<p class="muted">No KL: the dataset has no scorer top-k to compare with (score with <code>--top-k</code>).</p>')
+        body = key_values(pairs) + note + img(plots.teacher(teacher["per_example"]), "teacher against scorer per example")
     else:
         body = _absent(f"No teacher. Add one with <code>tokensft enrich {esc(directory)} --teacher MODEL --top-k 20</code>.")
     out.append(("teacher", "Teacher", body))
