@@ -41,24 +41,46 @@ def _contexts():
     return nullcontext(), _recompute()
 
 
+class _LogZWithEntropy(torch.autograd.Function):
+    """log Z = logsumexp(logits) (c,) with its usual gradient, plus the entropy of softmax(logits) (c,)
+    as a value without gradient, from one exp pass over the (c, V) row instead of two.
+
+    The entropy is the self prior's -sum sg(p) log p, whose logit gradient is exactly 0 (p - p * sum p),
+    so it needs no autograd. Saves what logsumexp saves (logits, log Z), so the checkpoint's recompute
+    matches the forward; the recompute skips the entropy (its outputs are dropped).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, want_entropy: bool):
+        top = logits.amax(dim=-1, keepdim=True)  # (c, 1)
+        e = torch.sub(logits, top).exp_()  # (c, V) exp(logit - max)
+        total = e.sum(dim=-1)  # (c,)
+        log_z = top.squeeze(-1) + total.log()
+        # -sum p log p = log Z - sum p * logit, with p = e / total
+        entropy = log_z - torch.linalg.vecdot(e, logits) / total if want_entropy else torch.zeros_like(log_z)
+        ctx.save_for_backward(logits, log_z)
+        ctx.mark_non_differentiable(entropy)
+        return log_z, entropy
+
+    @staticmethod
+    def backward(ctx, grad_log_z: torch.Tensor, _grad_entropy: torch.Tensor):
+        logits, log_z = ctx.saved_tensors
+        return grad_log_z[:, None] * torch.exp(logits - log_z[:, None]), None  # d log Z / d logits = softmax
+
+
 def _chunk_terms(hidden: torch.Tensor, targets: torch.Tensor, prior_ids: torch.Tensor | None,
                  head: LogitHead, self_ce: bool, uniform_ce: bool) -> tuple[torch.Tensor, ...]:
     """The terms of one chunk: hidden (c, H), targets (c,), prior_ids (c, K) or None."""
     logits = head(hidden)  # (c, V) float32
-    log_z = torch.logsumexp(logits, dim=-1)  # (c,)
+    if self_ce:
+        log_z, entropy = _LogZWithEntropy.apply(logits, not _recomputing)  # (c,), (c,)
+    else:
+        log_z = torch.logsumexp(logits, dim=-1)  # (c,)
     out = [logits.gather(1, targets[:, None]).squeeze(1) - log_z]  # logp (c,)
     if prior_ids is not None:
         out.append(logits.gather(1, prior_ids) - log_z[:, None])  # (c, K)
     if self_ce:
-        # -sum sg(p) log p has zero gradient w.r.t. the logits (p - p * sum p = 0): compute its value
-        # without autograd, which would otherwise push a full (c, V) row through the backward, and
-        # skip it when the backward recomputes the chunk (it saves nothing the gradient needs)
-        if _recomputing:
-            out.append(log_z.detach())  # a placeholder of the right shape; the recompute's outputs are dropped
-        else:
-            with torch.no_grad():
-                probs = torch.exp(logits - log_z[:, None])  # (c, V)
-                out.append(log_z - torch.linalg.vecdot(probs, logits))  # -sum p log p = log Z - sum p * logit
+        out.append(entropy)
     if uniform_ce:
         out.append(log_z - logits.mean(dim=-1))  # -(1/V) sum_v log p_v, (c,)
     return tuple(out)
