@@ -108,7 +108,10 @@ def test_resume_continues_identically(enriched, tiny_dirs, tmp_path, monkeypatch
     assert train_cli(enriched, tmp_path / "killed", tiny_dirs["bpe"], *args) == 130
     monkeypatch.undo()
     assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()) == ["step-2"]
+    with open(tmp_path / "killed" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "lo')  # a line torn by a kill mid-append
     assert train_cli(enriched, tmp_path / "killed", tiny_dirs["bpe"], *args) == 0
+    assert not (tmp_path / "killed" / ".final.tmp").exists()
     a, b = load_file(tmp_path / "clean" / "model.safetensors"), load_file(tmp_path / "killed" / "model.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=0, rtol=0)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 from tokensft.errors import ConfigError, TokensftError
+from tokensft.fileio import atomic_write
 from tokensft.train.data import TrainData
 from tokensft.train.loss import Denominator, count_batch, micro_batch_loss
 from tokensft.train.objectives import NORMALIZE, parse_objective
@@ -143,8 +145,8 @@ def train(config: TrainConfig) -> dict:
     start = _resume(accelerator, output, config)
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
-        (output / "train_config.json").write_text(json.dumps({**asdict(config), "normalize": normalize,
-                                                              "total_steps": total, "world_size": world}, indent=2))
+        with atomic_write(output / "train_config.json", "w", encoding="utf-8") as f:
+            json.dump({**asdict(config), "normalize": normalize, "total_steps": total, "world_size": world}, f, indent=2)
     log = StepLog(output / "metrics.jsonl", total, start, disable=config.quiet or not accelerator.is_main_process,
                   main=accelerator.is_main_process)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -269,11 +271,19 @@ def _save_checkpoint(accelerator, module, tokenizer, output: Path, step: int, co
 
 
 def _save_final(accelerator, module, tokenizer, output: Path, data: TrainData, config: TrainConfig, model_name: str) -> None:
+    """The final model in OUTPUT, written to a staging directory first and moved in file by file,
+    so every file in OUTPUT is complete whenever it is read (a kill here: rerun to redo it)."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        accelerator.unwrap_model(module).model.save_pretrained(output, safe_serialization=True)
-        tokenizer.save_pretrained(output)
-        (output / "tokensft_train.json").write_text(json.dumps({
+        staging = output / ".final.tmp"
+        if staging.exists():
+            shutil.rmtree(staging)  # a killed run's partial save
+        accelerator.unwrap_model(module).model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / "tokensft_train.json").write_text(json.dumps({
             "base_model": model_name, "data": config.data, "objective": config.objective, "mask": config.mask,
             "ref": config.ref, "train_examples": int(len(data.train_indices)), "eval_examples": int(len(data.eval_indices)),
             "skipped_examples": data.skipped}, indent=2))
+        for file in sorted(staging.iterdir()):
+            os.replace(file, output / file.name)
+        staging.rmdir()

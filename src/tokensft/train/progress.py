@@ -8,6 +8,20 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from tokensft.fileio import atomic_write
+
+
+def _lines(path: Path) -> list[str]:
+    """The complete JSON lines of a metrics file; a line torn by a kill mid-append is dropped (its step is redone)."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            json.loads(line)
+        except ValueError:
+            continue
+        out.append(line)
+    return out
+
 
 class StepLog:
     """Appends metrics as JSON lines (main process only). On resume from step `start`, lines of
@@ -17,11 +31,9 @@ class StepLog:
         self.path, self.main = path, main
         if main:
             path.parent.mkdir(parents=True, exist_ok=True)
-            kept = []
-            if path.is_file():
-                kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                        if line.strip() and json.loads(line).get("step", 0) <= start]
-            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            kept = [line for line in _lines(path) if json.loads(line).get("step", 0) <= start] if path.is_file() else []
+            with atomic_write(path, "w", encoding="utf-8") as f:
+                f.write("".join(line + "\n" for line in kept))
         self.bar = tqdm(total=total, initial=start, unit="step", file=sys.stderr, disable=disable, dynamic_ncols=True,
                         desc="training")
 
