@@ -13,8 +13,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from conftest import make_bpe_tokenizer, make_model, write_jsonl
-from test_enrich import CHATS
+from conftest import write_jsonl
+from test_enrich import CHATS, teacher_dir  # noqa: F401  (a teacher: another model with the bpe tokenizer)
 from test_score_cli import QA
 from transformers import AutoTokenizer
 
@@ -30,16 +30,6 @@ from tokensft.train.objectives import parse_objective
 
 LONG_AND_INVALID = [{"question": "Hello there! Hi, how can I help you today? Tell me a joke about cats, and another one.",
                      "answer": "No."}, {"foo": 1}]
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory) -> Path:
-    """Another model with the bpe tokenizer: a teacher, and a second scorer for compare."""
-    tokenizer = make_bpe_tokenizer()
-    path = tmp_path_factory.mktemp("analysis-teacher")
-    make_model(tokenizer, "bpe", seed=1).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def score(root: Path, name: str, model: Path, records: list[dict], *extra: str) -> Path:

@@ -8,20 +8,12 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import make_bpe_tokenizer, make_model, write_jsonl
-from test_analysis import mean, median, naive_targets, rows_of
+from conftest import make_bpe_tokenizer, make_model
+from test_analysis import mean, median, naive_targets, rows_of, score
 from test_enrich import CHATS
 
 from tokensft.analysis import compare, load_targets
-from tokensft.cli import main
 from tokensft.errors import ConfigError
-
-
-def score(root: Path, name: str, model: Path, records: list[dict], *extra: str) -> Path:
-    data = write_jsonl(root / f"{name}.jsonl", records)
-    out = root / name
-    assert main(["score", str(data), "--model", str(model), "-o", str(out), "-q", "--shard-size", "3", *extra]) == 0
-    return out
 
 
 @pytest.fixture(scope="module")
