@@ -19,3 +19,6 @@ trainer = TokenSFTTrainer(model=model, args=args, train_dataset=trainer_dataset(
                           data_collator=TokenSFTCollator(0), objective=objective, normalize=normalize)
 trainer.train()
 trainer.save_model(output)
+if torch.distributed.is_initialized():  # an orderly exit: left to the interpreter, gloo's threads sometimes abort it
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()

@@ -193,6 +193,9 @@ def train(config: TrainConfig) -> dict:
         log.write({"step": total, **{k: v for k, v in last.items() if k.startswith("eval_")}})
     log.close()
     _save_final(accelerator, module, tokenizer, output, data, config, name)
+    # destroy the process group (several processes): left to the interpreter's exit, gloo's threads
+    # sometimes abort it ("terminate called without an active exception") after all the work is saved
+    accelerator.end_training()
     return {"output": str(output), "steps": total, "metrics": last, "normalize": normalize}
 
 
