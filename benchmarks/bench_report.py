@@ -35,8 +35,9 @@ def _topk(rng, n_targets: int, k: int, lengths: list[int], target: np.ndarray) -
             list_array(lengths, list_array(inner, logprobs.astype(np.float16).reshape(-1), pa.float16()), None))
 
 
-def synthetic_dataset(directory: Path, targets: int, top_k: int, seed: int) -> int:
-    """A finished, enriched scored dataset; ids and labels do not depend on `seed`, log-probs do."""
+def synthetic_dataset(directory: Path, targets: int, top_k: int, seed: int, token_fingerprint: str = "0") -> int:
+    """A finished, enriched scored dataset; ids and labels do not depend on `seed`, log-probs do.
+    token_fingerprint: the tokenizer the report decodes with must match it."""
     from tokensft.preprocess import output
     from tokensft.preprocess.shards import list_array, write_shard
     from tokensft.schema import MESSAGE_TYPE, SCHEMA_VERSION, enrichment_field, scored_schema
@@ -50,7 +51,8 @@ def synthetic_dataset(directory: Path, targets: int, top_k: int, seed: int) -> i
                   "refs": {"x": {"model": {"name": "synthetic-ref", "content_hash": "0"}}},
                   "teacher": {"model": {"name": "synthetic-teacher", "content_hash": "0"}, "top_k": top_k}}
     meta = {"schema_version": SCHEMA_VERSION, "tokensft_version": "bench", "model": {"name": f"synthetic-{seed}", "content_hash": "0"},
-            "tokenizer_fingerprint": "0", "token_fingerprint": "0", "created": "", "command": "bench", "top_k": top_k}
+            "tokenizer_fingerprint": "0", "token_fingerprint": token_fingerprint, "created": "", "command": "bench",
+            "top_k": top_k}
     run = {"identity": identity, "metadata": meta, "num_chunks": chunks, "fingerprint": f"synthetic-{seed}"}
     with output.OutputLock(directory):
         output.prepare(directory, run, overwrite=True)
@@ -106,22 +108,21 @@ def synthetic_dataset(directory: Path, targets: int, top_k: int, seed: int) -> i
     return total
 
 
-def vocab_classes() -> tuple[np.ndarray, str]:
+def vocab_classes() -> tuple[np.ndarray, str, str | None]:
+    """(token classes, how they were made, the token fingerprint of the default tokenizer or None)."""
     from tokensft.analysis import classify_vocab
 
     try:
-        from transformers import AutoTokenizer
+        from tokensft.preprocess.models import load_tokenizer, resolve_model_dir, tokenizer_fingerprint
 
-        from tokensft.preprocess.models import resolve_model_dir
-
-        path, _ = resolve_model_dir("smollm2-135m-instruct")
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tokenizer = load_tokenizer(resolve_model_dir("smollm2-135m-instruct")[0])
     except Exception as exc:  # noqa: BLE001 -- a benchmark may run without the cached model
         print(f"(default tokenizer unavailable: {exc}; random classes)")
-        return np.random.default_rng(0).integers(0, 6, VOCAB).astype(np.int8), "random"
+        return np.random.default_rng(0).integers(0, 6, VOCAB).astype(np.int8), "random", None
     start = time.perf_counter()
     classes = classify_vocab(tokenizer)
-    return classes, f"classify_vocab({len(tokenizer):,} ids) {time.perf_counter() - start:.2f} s"
+    how = f"classify_vocab({len(tokenizer):,} ids) {time.perf_counter() - start:.2f} s"
+    return classes, how, tokenizer_fingerprint(tokenizer, chat_template=False)
 
 
 def best(fn, repeat: int):
@@ -142,13 +143,13 @@ def main() -> None:
     from tokensft.analysis import compare, load_targets, summary
 
     print(f"{os.cpu_count()} CPUs")
-    classes, how = vocab_classes()
+    classes, how, fingerprint = vocab_classes()
     print(how)
     with tempfile.TemporaryDirectory() as workdir:
         a, b = Path(workdir) / "a", Path(workdir) / "b"
         start = time.perf_counter()
-        n = synthetic_dataset(a, args.targets, args.top_k, seed=0)
-        synthetic_dataset(b, args.targets, args.top_k, seed=1)
+        n = synthetic_dataset(a, args.targets, args.top_k, seed=0, token_fingerprint=fingerprint or "0")
+        synthetic_dataset(b, args.targets, args.top_k, seed=1, token_fingerprint=fingerprint or "0")
         print(f"synthesized 2 x {n:,} targets (top-k {args.top_k}, 2 masks, a reference, a teacher top-{args.top_k or 20}) "
               f"in {time.perf_counter() - start:.1f} s")
         seconds, t = best(lambda: load_targets(a), args.repeat)
@@ -162,7 +163,7 @@ def main() -> None:
         print(f"load 2 + compare    {seconds:6.2f} s  {n / seconds / 1e6:5.2f}M targets/s  (shift {c['summary']['shift']:+.4f})")
         from tokensft.reports import write_report
 
-        model = "smollm2-135m-instruct" if "random" not in how else None
+        model = "smollm2-135m-instruct" if fingerprint else None
         out = Path(workdir) / "report"
         seconds, done = best(lambda: write_report(str(a), str(out), model=model), args.repeat)
         size = (out / "index.html").stat().st_size / 1e6

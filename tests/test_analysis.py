@@ -148,7 +148,7 @@ def example_means(rows, targets):
 
 
 def naive_kl(x: dict) -> tuple[float, float]:
-    """KL(teacher || scorer) over the teacher ids whose scorer p is stored plus one rest cell for all else."""
+    """KL(teacher || scorer) over the teacher ids whose scorer p is stored, the target, and one rest cell."""
     qs = [math.exp(v) for v in x["teacher_topk_logprobs"]]
     qs = [q / max(sum(qs), 1.0) for q in qs]
     primary = dict(zip(x["topk_ids"], x["topk_logprobs"]))
@@ -158,6 +158,10 @@ def naive_kl(x: dict) -> tuple[float, float]:
         if lp is None:  # the scorer's p of this id is not stored: it belongs to the rest cell
             unknown += q
             continue
+        q_sum, p_sum = q_sum + q, p_sum + math.exp(lp)
+        kl += q * (math.log(q) - lp) if q > 0 else 0.0
+    if x["token"] not in x["teacher_topk_ids"] and math.isfinite(x.get("teacher_logprob", math.nan)):
+        q, lp = math.exp(x["teacher_logprob"]), x["lp"]  # the target: a cell of its own, both sides stored
         q_sum, p_sum = q_sum + q, p_sum + math.exp(lp)
         kl += q * (math.log(q) - lp) if q > 0 else 0.0
     q_rest, p_rest = max(1 - q_sum, 0.0), max(1 - p_sum, 1e-6)
@@ -479,6 +483,7 @@ def test_kl_is_a_lower_bound_of_the_full_kl(scored):
     t.teacher_topk_logprobs = np.log(np.take_along_axis(q_full, top_q, axis=1)).astype(np.float16)
     t.topk_ids, t.topk_logprobs = top_p.astype(np.int32), np.log(np.take_along_axis(p_full, top_p, axis=1)).astype(np.float16)
     t.token_id, t.logprob = tokens.astype(np.int32), np.log(p_full[np.arange(n), tokens])
+    t.teacher_logprob = np.log(q_full[np.arange(n), tokens])
     exact = (q_full * np.log(q_full / p_full)).sum(axis=1)
     kl, unknown = teacher_kl(t)
     assert (kl <= exact + 1e-2).all()  # float16 storage of the top-k moves each cell by ~1e-3
@@ -486,7 +491,8 @@ def test_kl_is_a_lower_bound_of_the_full_kl(scored):
     for i in range(20):  # and each value equals the naive definition
         x = {"teacher_topk_ids": t.teacher_topk_ids[i].tolist(), "topk_ids": t.topk_ids[i].tolist(),
              "teacher_topk_logprobs": t.teacher_topk_logprobs[i].astype(float).tolist(),
-             "topk_logprobs": t.topk_logprobs[i].astype(float).tolist(), "token": int(tokens[i]), "lp": float(t.logprob[i])}
+             "topk_logprobs": t.topk_logprobs[i].astype(float).tolist(), "token": int(tokens[i]), "lp": float(t.logprob[i]),
+             "teacher_logprob": float(t.teacher_logprob[i])}
         assert kl[i] == pytest.approx(naive_kl(x)[0], rel=1e-9, abs=1e-12) and unknown[i] == pytest.approx(naive_kl(x)[1])
 
 

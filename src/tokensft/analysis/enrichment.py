@@ -14,10 +14,12 @@ Teacher definitions (targets whose teacher log-prob is NaN are left out of every
 - KL(teacher || scorer) on the teacher's top-k: both distributions coarse-grained to a partition
   of the vocabulary, one cell per teacher top-k id whose scorer probability p_k is stored (the
   target: exp(logprob) at float32 precision; an id among the scorer's top-K: its stored value),
-  and one rest cell for every other id, including the teacher's top-k ids the scorer did not store:
+  one cell for the target when it is outside the teacher's top-k (q = exp(teacher_logprob), p =
+  exp(logprob)), and one rest cell for every other id, including the teacher's top-k ids the scorer
+  did not store:
       KL_i = sum_{k in S} q_k log(q_k / p_k) + q_rest log(q_rest / p_rest)
-  with q_k the teacher's stored probabilities (scaled to sum to 1 if float16 rounding pushes them
-  over), q_rest = 1 - sum_S q, p_rest = max(1 - sum_S p, 1e-6). KL over a coarser partition never
+  with S the matched cells, q_k the teacher's stored probabilities (scaled to sum to 1 if float16
+  rounding pushes them over), q_rest = 1 - sum_S q, p_rest = max(1 - sum_S p, 1e-6). KL over a coarser partition never
   exceeds the full-vocabulary KL (data-processing inequality), so this is a lower bound whenever
   the stored p_k are exact, and 0 when the two models agree. `kl_unknown_mass` is the mean teacher
   mass merged into the rest cell because the scorer's probability of those ids is not stored (0:
@@ -141,10 +143,16 @@ def teacher_kl(t: Targets) -> tuple[np.ndarray, np.ndarray] | None:
         np.copyto(log_p, t.logprob[a:b, None], where=hit)
         known |= hit
         q_known = np.where(known, q, 0.0)  # (C, Kt) the matched cells; the rest go to the rest cell
-        q_rest = np.maximum(1.0 - q_known.sum(axis=1), 0.0)
-        p_rest = np.maximum(1.0 - np.where(known, np.exp(log_p), 0.0).sum(axis=1), REST_FLOOR)
+        # the target is a cell of its own when it is outside the teacher's top-k: both its probabilities are stored
+        q_t, p_t = np.zeros(b - a), np.zeros(b - a)
+        if t.teacher_logprob is not None:
+            own = ~hit.any(axis=1) & np.isfinite(t.teacher_logprob[a:b])  # hit: teacher id == target, from above
+            q_t[own], p_t[own] = np.exp(t.teacher_logprob[a:b][own]), np.exp(t.logprob[a:b][own])
+        q_rest = np.maximum(1.0 - q_known.sum(axis=1) - q_t, 0.0)
+        p_rest = np.maximum(1.0 - np.where(known, np.exp(log_p), 0.0).sum(axis=1) - p_t, REST_FLOOR)
         with np.errstate(divide="ignore", invalid="ignore"):
             terms = np.where(q_known > 0, q_known * (np.log(q_known) - log_p), 0.0).sum(axis=1)
+            terms += np.where(q_t > 0, q_t * (np.log(q_t) - np.log(p_t)), 0.0)
             kl[a:b] = terms + np.where(q_rest > 0, q_rest * (np.log(q_rest) - np.log(p_rest)), 0.0)
         unknown_mass[a:b] = (q * ~known).sum(axis=1)
     return kl, unknown_mass
