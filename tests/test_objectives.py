@@ -308,3 +308,15 @@ def test_chunked_no_targets(spec):
     total.backward()
     assert total.item() == 0.0 and hidden.grad.shape == (0, 8)
     assert head.proj.weight.grad is not None and not head.proj.weight.grad.any()
+
+
+@pytest.mark.parametrize("gamma", ["0", "0.5"])
+def test_qtarget_target_without_stored_prior_is_nll(gamma):
+    """A target whose stored top-k is all padding (-inf) has pi = onehot(y): its loss is -log p, not g * -log p."""
+    logits, targets, ids, lps = make_case(3)
+    lps[2] = float("-inf")
+    terms = terms_from_logits(logits, targets, ids, lps)
+    terms.prior_probs = terms.prior_probs.nan_to_num(0.0)  # as the chunk renormalizes: an empty row is 0
+    loss, _ = token_loss(parse_objective(f"qtarget:gamma={gamma},prior=scorer"), terms)
+    torch.testing.assert_close(loss[2], -terms.logp[2])
+    assert not torch.allclose(loss[3], -terms.logp[3])  # rows with a prior are untouched

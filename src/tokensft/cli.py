@@ -265,31 +265,38 @@ def _add_train(sub) -> None:
     p.add_argument("--mask", help="train only on a stored mask's tokens: its spec or name (tokensft enrich --mask)")
     p.add_argument("--ref", help="poft: the reference to compare with (ref_<name>_mean_logprob; default ref_mean_logprob)")
     p.add_argument("--normalize", choices=["all-targets", "kept-targets", "sequences"], help="default: the objective's own")
+    from tokensft.train.config import DTYPES, TrainConfig as D  # defaults live in the dataclass, once
+
     h = p.add_argument_group("optimization (defaults from Beyond Log Likelihood's scripts)")
-    h.add_argument("--learning-rate", "--lr", type=float, default=5e-5)
-    h.add_argument("--epochs", type=float, default=1.0)
+    h.add_argument("--learning-rate", "--lr", type=float, default=D.learning_rate, help="(default %(default)s)")
+    h.add_argument("--epochs", type=float, default=D.epochs, help="passes over the train split (default %(default)s)")
     h.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
-    h.add_argument("--batch-size", type=int, default=4, help="sequences per micro-batch per process")
-    h.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    h.add_argument("--warmup", type=float, default=0.1, help="warmup fraction of the steps (cosine schedule)")
-    h.add_argument("--weight-decay", type=float, default=0.01)
-    h.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
-    h.add_argument("--seed", type=int, default=0)
-    h.add_argument("--chunk-size", type=int, default=256,
+    h.add_argument("--batch-size", type=int, default=D.batch_size, help="sequences per micro-batch per process (default %(default)s)")
+    h.add_argument("--grad-accum", type=int, default=D.grad_accum, help="micro-batches per optimizer step (default %(default)s)")
+    h.add_argument("--warmup", type=float, default=D.warmup, help="warmup fraction of the steps, cosine schedule (default %(default)s)")
+    h.add_argument("--weight-decay", type=float, default=D.weight_decay, help="AdamW, betas (0.9, 0.95) (default %(default)s)")
+    h.add_argument("--clip", type=float, default=D.clip, help="gradient norm clipping; 0: none (default %(default)s)")
+    h.add_argument("--seed", type=int, default=D.seed, help="data order and initialization (default %(default)s)")
+    h.add_argument("--chunk-size", type=int, default=D.chunk_size,
                    help="target rows per lm_head chunk: 256 keeps the loss at ~0.3x a full cross-entropy's memory")
-    h.add_argument("--dtype", default="auto", help="auto: bf16 autocast on CUDA, fp32 on CPU; float32 to force fp32")
+    h.add_argument("--dtype", default=D.dtype, choices=DTYPES,
+                   help="auto: bf16 autocast on CUDA, fp32 on CPU (default %(default)s)")
     e = p.add_argument_group("evaluation, checkpoints")
-    e.add_argument("--eval-fraction", type=float, default=0.0, help="held-out fraction (by a hash of the id)")
-    e.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (and at the end)")
-    e.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (resume: rerun the command)")
-    e.add_argument("--keep-checkpoints", type=int, default=2)
+    e.add_argument("--eval-fraction", type=float, default=D.eval_fraction,
+                   help="held-out fraction, by a hash of the example id (default %(default)s)")
+    e.add_argument("--eval-every", type=int, default=D.eval_every, help="evaluate every N steps, and at the end (0: at the end)")
+    e.add_argument("--save-every", type=int, default=D.save_every, help="checkpoint every N steps (resume: rerun the command)")
+    e.add_argument("--keep-checkpoints", type=int, default=D.keep_checkpoints, help="the latest N kept (default %(default)s)")
+    e.add_argument("--overwrite", action="store_true",
+                   help="start over in OUTPUT (its checkpoints and metrics) instead of resuming; needed when the settings changed")
     e.add_argument("--skip-invalid", action="store_true", help="poft: train without examples lacking a reference score")
     e.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args) -> int:
-    from tokensft.train.loop import TrainConfig, train
+    from tokensft.train.config import TrainConfig
+    from tokensft.train.loop import train
 
     config = TrainConfig(
         data=args.data, output=args.output, model=args.model, objective=args.objective, mask=args.mask, ref=args.ref,
@@ -297,7 +304,7 @@ def _cmd_train(args) -> int:
         batch_size=args.batch_size, grad_accum=args.grad_accum, warmup=args.warmup, weight_decay=args.weight_decay,
         clip=args.clip, seed=args.seed, chunk_size=args.chunk_size, eval_fraction=args.eval_fraction,
         eval_every=args.eval_every, save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
-        dtype=args.dtype, skip_invalid=args.skip_invalid, quiet=args.quiet,
+        dtype=args.dtype, skip_invalid=args.skip_invalid, overwrite=args.overwrite, quiet=args.quiet,
     )
     summary = train(config)
     metrics = summary["metrics"]

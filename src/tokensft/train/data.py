@@ -2,7 +2,7 @@
 
     data = TrainData.open(DIR, objective, mask, ref)   # checks the columns the objective needs
     data.train_indices / data.eval_indices             # held-out split by a hash of the id
-    data.step_indices(step, global_batch, seed)        # the examples of one optimizer step
+    data.step_indices(step, global_batch, seed, budget)  # the examples of one optimizer step
     batch = data.collate(indices, pad_id)              # tensors, padded to the longest
 
 The order depends only on (seed, epoch), and a step's examples are split across processes and
@@ -59,14 +59,15 @@ def needed_columns(directory: str, objective: Objective, mask: str | None, ref: 
     return cols
 
 
-def _in_eval(example_id: str, fraction: float, seed: int) -> bool:
-    digest = hashlib.blake2b(f"{seed}:{example_id}".encode(), digest_size=8).digest()
+def _in_eval(example_id: str, fraction: float) -> bool:
+    """Held out by a hash of the id alone: the same split whatever the seed, so runs compare on one eval set."""
+    digest = hashlib.blake2b(f"tokensft-eval:{example_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") / 2**64 < fraction
 
 
 class TrainData:
     def __init__(self, directory: str, objective: Objective, mask: str | None = None, ref: str | None = None,
-                 eval_fraction: float = 0.0, seed: int = 0, skip_invalid: bool = False):
+                 eval_fraction: float = 0.0, skip_invalid: bool = False):
         self.directory = directory
         self.meta = load_metadata(directory)
         self.dataset = load(directory)
@@ -85,24 +86,38 @@ class TrainData:
                                   f"is {ids[first]!r}); re-enrich them, or pass --skip-invalid to train without them")
             usable &= ~missing
             self.skipped = int(missing.sum())
-        in_eval = np.array([_in_eval(i, eval_fraction, seed) for i in ids], dtype=bool) if eval_fraction > 0 else np.zeros(len(ids), bool)
+        in_eval = np.array([_in_eval(i, eval_fraction) for i in ids], dtype=bool) if eval_fraction > 0 else np.zeros(len(ids), bool)
         self.train_indices = np.flatnonzero(usable & ~in_eval)
         self.eval_indices = np.flatnonzero(usable & in_eval)
         if len(self.train_indices) == 0:
             raise ConfigError(f"{directory}: no examples left to train on ({len(self.eval_indices)} held out by "
-                              f"--eval-fraction {eval_fraction}, {self.skipped} skipped); lower --eval-fraction or change --seed")
+                              f"--eval-fraction {eval_fraction}, {self.skipped} skipped); lower --eval-fraction")
 
-    def step_indices(self, step: int, global_batch: int, seed: int) -> np.ndarray:
-        """The train examples of optimizer step `step` (0-based): epochs are fresh permutations."""
+    def step_indices(self, step: int, global_batch: int, seed: int, budget: int | None = None) -> np.ndarray:
+        """The train examples of optimizer step `step` (0-based): a stream of epochs, each a fresh
+        permutation, cut into global batches. budget: examples in the whole run (epochs x N, or
+        max_steps x global_batch); the last step takes what is left, so one epoch is each example once."""
         n = len(self.train_indices)
         start = step * global_batch
+        size = global_batch if budget is None else max(0, min(global_batch, budget - start))
         out = []
-        while len(out) < global_batch:
+        while len(out) < size:
             epoch, offset = divmod(start + len(out), n)
             order = np.random.default_rng([seed, epoch]).permutation(n)
-            take = min(global_batch - len(out), n - offset)
+            take = min(size - len(out), n - offset)
             out.extend(order[offset:offset + take])
-        return self.train_indices[np.array(out)]
+        return self.train_indices[np.array(out, dtype=np.int64)]
+
+    def check_context(self, limit: int | None, model: str) -> None:
+        """A ConfigError when an example is longer than the model's context (position embeddings would overflow)."""
+        if not limit:
+            return
+        lengths = self.table.column("num_tokens").to_numpy()
+        used = np.concatenate([self.train_indices, self.eval_indices])
+        if len(used) and lengths[used].max() > limit:
+            row = int(used[np.argmax(lengths[used])])
+            raise ConfigError(f"{self.directory}: example {self.ids[row]!r} has {int(lengths[row])} tokens, more than "
+                              f"--model {model}'s context of {limit}; re-score the data with --max-length {limit}")
 
     def collate(self, indices, pad_id: int) -> dict:
         """Tensors for a micro-batch of these rows (see `collate_rows`)."""

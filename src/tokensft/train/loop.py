@@ -8,6 +8,7 @@
         mine    = indices[rank::world]               # this process's share, in micro-batches
         denominator = counts over all micro-batches, summed over processes
         for each micro-batch: loss = objective(...) / denominator; backward (grads synced on the last)
+        online kept count (thresholds, kept-targets): gradients / the step's global kept count
         clip, optimizer step, scheduler step; log metrics; maybe evaluate; maybe checkpoint
     save the final model to OUTPUT (loads with AutoModelForCausalLM.from_pretrained)
 
@@ -18,71 +19,37 @@ DeepSpeed through accelerate's config), bf16 autocast on CUDA, fp32 on CPU.
 from __future__ import annotations
 
 import json
+import logging
 import math
-import os
-import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from tokensft.errors import ConfigError, TokensftError
 from tokensft.fileio import atomic_write
+from tokensft.train import checkpoints
+from tokensft.train.config import TrainConfig
 from tokensft.train.data import TrainData
 from tokensft.train.loss import Denominator, count_batch, micro_batch_loss
-from tokensft.train.objectives import NORMALIZE, parse_objective
+from tokensft.train.objectives import parse_objective
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingDiverged(TokensftError):
-    """A non-finite loss: training stopped, the last good checkpoint kept."""
+    """A non-finite loss or gradient: training stopped, the last good checkpoint kept."""
 
 
-@dataclass
-class TrainConfig:
-    """Everything `tokensft train` takes (help text lives in cli.py)."""
-
-    data: str
-    output: str
-    model: str = "smollm2-135m-instruct"
-    objective: str = "nll"
-    mask: str | None = None
-    ref: str | None = None
-    normalize: str | None = None  # None: the objective's own default
-    learning_rate: float = 5e-5
-    epochs: float = 1.0
-    max_steps: int | None = None
-    batch_size: int = 4  # sequences per micro-batch per process
-    grad_accum: int = 1
-    warmup: float = 0.1  # fraction of the steps
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.95
-    clip: float = 1.0
-    seed: int = 0
-    chunk_size: int = 256
-    eval_fraction: float = 0.0
-    eval_every: int = 0
-    save_every: int = 0
-    keep_checkpoints: int = 2
-    dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    skip_invalid: bool = False
-    quiet: bool = False
-
-    def validate(self) -> None:
-        objective = parse_objective(self.objective)
-        if self.normalize is not None and self.normalize not in NORMALIZE:
-            raise ConfigError(f"--normalize {self.normalize!r}: use one of {', '.join(NORMALIZE)}")
-        if objective.name == "poft" and self.normalize not in (None, "sequences"):
-            raise ConfigError("--objective poft is per sequence: --normalize sequences (the default)")
-        for name in ("batch_size", "grad_accum", "chunk_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
-        if not 0 <= self.eval_fraction < 1 or not 0 <= self.warmup <= 1:
-            raise ConfigError("--eval-fraction must be in [0, 1) and --warmup in [0, 1]")
-        if self.learning_rate <= 0 or (self.max_steps is not None and self.max_steps < 1) or self.epochs <= 0:
-            raise ConfigError("--learning-rate, --epochs and --max-steps must be positive")
+def _precision(dtype: str, use_cuda: bool) -> str:
+    """accelerate's mixed_precision for --dtype (weights stay fp32; autocast runs the forward)."""
+    if dtype == "float16" and not use_cuda:
+        raise ConfigError("--dtype float16 needs CUDA; on CPU use float32 (or bfloat16, slower here)")
+    if dtype == "bfloat16" and not use_cuda:
+        logger.warning("--dtype bfloat16 on CPU: autocast works but is usually several times slower than float32")
+    return {"auto": "bf16" if use_cuda else "no", "float32": "no", "bfloat16": "bf16", "float16": "fp16"}[dtype]
 
 
 def _cosine(total: int, warmup_steps: int):
@@ -108,7 +75,7 @@ class ObjectiveModule(torch.nn.Module):
 def train(config: TrainConfig) -> dict:
     """Train (or resume); returns a summary with the output directory and the last metrics."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -119,30 +86,36 @@ def train(config: TrainConfig) -> dict:
     hf_logging.disable_progress_bar()
     objective = parse_objective(config.objective)
     normalize = config.normalize or objective.default_normalize
-    data = TrainData(config.data, objective, config.mask, config.ref, config.eval_fraction, config.seed, config.skip_invalid)
+    data = TrainData(config.data, objective, config.mask, config.ref, config.eval_fraction, config.skip_invalid)
     path, name = resolve_model_dir(config.model)
     tokenizer = load_tokenizer(path)
     if tokenizer_fingerprint(tokenizer, chat_template=False) != data.meta.get("token_fingerprint"):
         raise ConfigError(f"--model {config.model}: its tokenizer differs from the one {config.data} was scored with "
                           "(token fingerprints differ); train a model that shares the scorer's tokenizer")
     use_cuda = torch.cuda.is_available()
-    precision = "bf16" if config.dtype in ("auto", "bfloat16") and use_cuda else "no"
     # step_scheduler_with_optimizer=False: one schedule step per optimizer step whatever the process
     # count (accelerate would otherwise step it once per process, assuming a per-process data loader)
-    accelerator = Accelerator(mixed_precision=precision, cpu=not use_cuda, step_scheduler_with_optimizer=False)
+    accelerator = Accelerator(mixed_precision=_precision(config.dtype, use_cuda), cpu=not use_cuda,
+                              step_scheduler_with_optimizer=False)
     set_seed(config.seed)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
     model.config.use_cache = False
+    data.check_context(getattr(model.config, "max_position_embeddings", None), config.model)
     module = ObjectiveModule(model, objective, normalize, config.chunk_size)
     world = accelerator.num_processes
     global_batch = config.batch_size * config.grad_accum * world
-    total = config.max_steps or max(1, math.ceil(config.epochs * len(data.train_indices) / global_batch))
+    budget = config.max_steps * global_batch if config.max_steps else math.ceil(config.epochs * len(data.train_indices))
+    total = math.ceil(budget / global_batch)  # the last step takes what is left of the budget
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(config.beta1, config.beta2),
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(total, math.ceil(config.warmup * total)))
     module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
     output = Path(config.output)
-    start = _resume(accelerator, output, config)
+    identity = checkpoints.run_identity(config, normalize, global_batch, total, data)
+    if config.overwrite and accelerator.is_main_process:
+        checkpoints.clear(output)
+    accelerator.wait_for_everyone()
+    start = checkpoints.resume(accelerator, output, identity, config.quiet)
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
         with atomic_write(output / "train_config.json", "w", encoding="utf-8") as f:
@@ -151,14 +124,20 @@ def train(config: TrainConfig) -> dict:
                   main=accelerator.is_main_process)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     static_kept = objective.name not in ("threshold", "profit")
+    # an online kept count (thresholds under kept-targets) is only known after the forward passes:
+    # the micro-batches backward their sums and the gradients are divided by the step's global
+    # count, so the step is the same however it is split. DeepSpeed owns the gradients: there each
+    # micro-batch divides by its own count instead (as BLL's verl trainer does)
+    rescale = normalize == "kept-targets" and not static_kept and accelerator.distributed_type != DistributedType.DEEPSPEED
     last = {}
     for step in range(start, total):
         began = time.perf_counter()
-        mine = data.step_indices(step, global_batch, config.seed)[accelerator.process_index::world]
+        mine = data.step_indices(step, global_batch, config.seed, budget)[accelerator.process_index::world]
         batches = [data.collate(mine[i:i + config.batch_size], pad_id) for i in range(0, len(mine), config.batch_size)]
-        counts = torch.tensor([[c["targets"], c["sequences"], c["kept"]] for c in map(count_batch, batches)]).sum(0)
+        counts = torch.tensor([[c["targets"], c["sequences"], c["kept"]] for c in map(count_batch, batches)] or [[0.0] * 3]).sum(0)
         counts = accelerator.reduce(counts.to(accelerator.device), reduction="sum").tolist()
-        denominator = Denominator(counts[0], counts[1], counts[2] if static_kept else None, len(batches), world)
+        denominator = Denominator(counts[0], counts[1], counts[2] if static_kept else None, max(len(batches), 1), world,
+                                  rescale)
         sums, losses = {}, []
         module.train()
         for i, batch in enumerate(batches):
@@ -171,32 +150,54 @@ def train(config: TrainConfig) -> dict:
             stats["loss"] = loss.detach() / world  # undo the * world_size that offsets DDP's gradient averaging
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value
-        finite = torch.isfinite(torch.stack(losses))  # one device sync per step, before the weights move
-        if not finite.all():
-            bad = int((~finite).nonzero()[0])
-            raise TrainingDiverged(f"step {step + 1}: non-finite loss ({losses[bad].item()}) on examples "
-                                   f"{', '.join(batches[bad]['ids'][:5])}; the last good checkpoint is kept in {output}")
-        grad_norm = accelerator.clip_grad_norm_(module.parameters(), config.clip)
+        kept_total = 1.0
+        if rescale:  # one collective: the step's kept targets on every process
+            kept_total = accelerator.reduce(torch.as_tensor(sums.get("kept", 0.0), dtype=torch.float32,
+                                                            device=accelerator.device).reshape(1), reduction="sum").clamp(min=1.0)
+            for p in module.parameters():
+                if p.grad is not None:
+                    p.grad.div_(kept_total.to(p.grad.dtype))
+        # --clip 0: no clipping, but the norm is still logged (and checked)
+        grad_norm = accelerator.clip_grad_norm_(module.parameters(), config.clip if config.clip > 0 else float("inf"))
+        _check_finite(step, losses, torch.as_tensor(grad_norm, device=accelerator.device), batches, output)
+        lr = scheduler.get_last_lr()[0]  # the rate this step uses
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        totals = accelerator.reduce(_stack(sums, accelerator.device), reduction="sum").tolist()
-        last = _metrics(step + 1, total, dict(zip(STAT_KEYS, totals)), scheduler.get_last_lr()[0],
-                        float(grad_norm), time.perf_counter() - began, counts[0])
+        totals = dict(zip(STAT_KEYS, accelerator.reduce(_stack(sums, accelerator.device), reduction="sum").tolist()))
+        totals["loss"] /= float(kept_total)
+        last = _metrics(step + 1, total, totals, lr, float(grad_norm), time.perf_counter() - began, counts[0])
         if config.eval_every and (step + 1) % config.eval_every == 0 and len(data.eval_indices):
             last.update(evaluate(module, data, config, accelerator, pad_id, static_kept))
         log.write(last)
         if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < total:
-            _save_checkpoint(accelerator, module, tokenizer, output, step + 1, config)
+            checkpoints.save_checkpoint(accelerator, module, tokenizer, output, step + 1, identity, config.keep_checkpoints)
     if len(data.eval_indices) and "eval_loss" not in last:
         last.update(evaluate(module, data, config, accelerator, pad_id, static_kept))
         log.write({"step": total, **{k: v for k, v in last.items() if k.startswith("eval_")}})
     log.close()
-    _save_final(accelerator, module, tokenizer, output, data, config, name)
+    checkpoints.save_final(accelerator, module, tokenizer, output, {
+        "base_model": name, "data": config.data, "objective": config.objective, "mask": config.mask, "ref": config.ref,
+        "train_examples": int(len(data.train_indices)), "eval_examples": int(len(data.eval_indices)),
+        "skipped_examples": data.skipped})
     # destroy the process group (several processes): left to the interpreter's exit, gloo's threads
     # sometimes abort it ("terminate called without an active exception") after all the work is saved
     accelerator.end_training()
     return {"output": str(output), "steps": total, "metrics": last, "normalize": normalize}
+
+
+def _check_finite(step: int, losses: list[torch.Tensor], grad_norm: torch.Tensor, batches: list[dict], output: Path) -> None:
+    """Stop before the weights move on a non-finite loss or gradient (one device sync per step)."""
+    finite = torch.isfinite(torch.cat([torch.stack(losses).float().reshape(-1), grad_norm.float().reshape(1)]))
+    if finite.all():
+        return
+    bad = int((~finite).nonzero()[0])
+    if bad < len(losses):
+        what, ids = f"non-finite loss ({losses[bad].item()})", batches[bad]["ids"]
+    else:
+        what, ids = f"non-finite gradient norm ({grad_norm.item()}) from a finite loss", [i for b in batches for i in b["ids"]]
+    raise TrainingDiverged(f"step {step + 1}: {what} on examples {', '.join(ids[:5])}; the last good checkpoint is kept "
+                           f"in {output}")
 
 
 STAT_KEYS = ("loss", "loss_sum", "nll_sum", "p_sum", "targets", "kept", "poft_weight_sum", "poft_sequences")
@@ -204,7 +205,7 @@ STAT_KEYS = ("loss", "loss_sum", "nll_sum", "p_sum", "targets", "kept", "poft_we
 
 def _stack(sums: dict, device) -> torch.Tensor:
     """(len(STAT_KEYS),) float32 on `device`: the step's metric sums (floats or 0-dim tensors)."""
-    return torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float32, device=device) for k in STAT_KEYS])
+    return torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float32, device=device).reshape(()) for k in STAT_KEYS])
 
 
 def _metrics(step, total, s, lr, grad_norm, seconds, targets) -> dict:
@@ -218,75 +219,30 @@ def _metrics(step, total, s, lr, grad_norm, seconds, targets) -> dict:
 
 @torch.no_grad()
 def evaluate(module, data: TrainData, config: TrainConfig, accelerator, pad_id: int, static_kept: bool) -> dict:
-    """Objective loss, NLL and mean target p on the held-out split (this process's share, summed)."""
+    """Objective loss, NLL and mean target p on the held-out split, through the prepared module.
+
+    Every process runs the same number of forwards (a process short of batches repeats one and
+    drops its result), since under FSDP or DeepSpeed each forward is a collective.
+    """
     module.eval()
-    mine = data.eval_indices[accelerator.process_index::accelerator.num_processes]
+    world = accelerator.num_processes
+    mine = data.eval_indices[accelerator.process_index::world]
     batches = [data.collate(mine[i:i + config.batch_size], pad_id) for i in range(0, len(mine), config.batch_size)]
     counts = torch.tensor([[c["targets"], c["sequences"], c["kept"]] for c in map(count_batch, batches)] or [[0.0] * 3]).sum(0)
+    n_batches = torch.tensor([float(len(batches))], device=accelerator.device)
     counts = accelerator.reduce(counts.to(accelerator.device), reduction="sum").tolist()
-    denominator = Denominator(counts[0], counts[1], counts[2] if static_kept else None, max(len(batches), 1), 1)
-    inner = accelerator.unwrap_model(module)
-    loss_sum = torch.zeros(3, device=accelerator.device)  # objective loss, nll sum, p sum
-    for batch in batches:
+    most = int(accelerator.reduce(n_batches, reduction="max").item())
+    spare = batches[:1] or [data.collate(data.eval_indices[:1], pad_id)]
+    denominator = Denominator(counts[0], counts[1], counts[2] if static_kept else None, 1, 1, rescale=True)
+    sums = torch.zeros(4, device=accelerator.device)  # objective loss, nll sum, p sum, kept
+    for i in range(most):
+        batch = batches[i] if i < len(batches) else spare[0]
         batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        loss, stats = micro_batch_loss(inner.model, batch, inner.objective, inner.normalize, denominator, config.chunk_size)
-        loss_sum += torch.stack([loss.float(), stats["nll_sum"].float(), stats["p_sum"].float()])
-    loss_sum = accelerator.reduce(loss_sum, reduction="sum").tolist()
-    return {"eval_loss": loss_sum[0], "eval_nll": loss_sum[1] / max(counts[0], 1),
-            "eval_mean_p": loss_sum[2] / max(counts[0], 1)}
-
-
-def _checkpoints(output: Path) -> list[Path]:
-    """Complete checkpoints (trainer_state.json is written last), oldest first."""
-    root = output / "checkpoints"
-    found = [p for p in root.glob("step-*") if (p / "trainer_state.json").is_file()] if root.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def _resume(accelerator, output: Path, config: TrainConfig) -> int:
-    checkpoints = _checkpoints(output)
-    if not checkpoints:
-        return 0
-    latest = checkpoints[-1]
-    state = json.loads((latest / "trainer_state.json").read_text())
-    accelerator.load_state(str(latest / "state"))
-    if not config.quiet and accelerator.is_main_process:
-        print(f"resuming from {latest} (step {state['step']})")
-    return int(state["step"])
-
-
-def _save_checkpoint(accelerator, module, tokenizer, output: Path, step: int, config: TrainConfig) -> None:
-    """OUTPUT/checkpoints/step-N: HF model + tokenizer + accelerate state, renamed into place whole."""
-    final = output / "checkpoints" / f"step-{step}"
-    tmp = final.with_name(f".{final.name}.tmp")  # the same name on every process
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)  # a killed run's partial checkpoint
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / "state"))  # every process takes part (sharded states)
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(module).model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
-        tmp.rename(final)
-        for old in _checkpoints(output)[:-config.keep_checkpoints or None]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def _save_final(accelerator, module, tokenizer, output: Path, data: TrainData, config: TrainConfig, model_name: str) -> None:
-    """The final model in OUTPUT, written to a staging directory first and moved in file by file,
-    so every file in OUTPUT is complete whenever it is read (a kill here: rerun to redo it)."""
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        staging = output / ".final.tmp"
-        if staging.exists():
-            shutil.rmtree(staging)  # a killed run's partial save
-        accelerator.unwrap_model(module).model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        (staging / "tokensft_train.json").write_text(json.dumps({
-            "base_model": model_name, "data": config.data, "objective": config.objective, "mask": config.mask,
-            "ref": config.ref, "train_examples": int(len(data.train_indices)), "eval_examples": int(len(data.eval_indices)),
-            "skipped_examples": data.skipped}, indent=2))
-        for file in sorted(staging.iterdir()):
-            os.replace(file, output / file.name)
-        staging.rmdir()
+        loss, stats = module(batch, denominator)
+        if i < len(batches):
+            sums += torch.stack([torch.as_tensor(x, dtype=torch.float32, device=accelerator.device).reshape(())
+                                 for x in (loss, stats["nll_sum"], stats["p_sum"], stats["kept"])])
+    sums = accelerator.reduce(sums, reduction="sum").tolist()
+    online = accelerator.unwrap_model(module).normalize == "kept-targets" and not static_kept  # loss is a sum: / kept
+    return {"eval_loss": sums[0] / max(sums[3], 1.0) if online else sums[0], "eval_nll": sums[1] / max(counts[0], 1),
+            "eval_mean_p": sums[2] / max(counts[0], 1)}

@@ -11,8 +11,10 @@ micro-batch of the gradient-accumulation window, on every process -- before the 
 so accumulation and data parallelism give the gradient of one big batch:
     all-targets   supervised targets (labels != -100), counted before any masking (ProFit, TRL)
     kept-targets  targets kept by the stored --mask (exact), or, for online thresholds, by the
-                  current p: then each micro-batch divides by its own kept count (BLL's code
-                  does the same per micro-batch) and micro-batches are averaged
+                  current p, known only after the forward: with `rescale` the loss is the plain
+                  sum and the caller divides the gradients by the step's global kept count (exact,
+                  what `tokensft train` does); without it each micro-batch divides by its own kept
+                  count and micro-batches are averaged (BLL's verl trainer; the Trainer interop)
     sequences     mean over sequences of each sequence's mean target loss (PoFT)
 """
 
@@ -37,6 +39,7 @@ class Denominator:
     kept: float | None  # kept targets by the stored mask; None when it depends on the current p
     micro_batches: int  # micro-batches per process in the step
     world_size: int = 1
+    rescale: bool = False  # online kept count: return sums, the caller divides gradients by the global count
 
 
 def count_batch(batch: dict) -> dict:
@@ -104,5 +107,7 @@ def _denominator(normalize: str, d: Denominator, kept_here) -> float | torch.Ten
         return max(d.sequences, 1.0)
     if d.kept is not None:
         return max(d.kept, 1.0)
-    # online threshold: this micro-batch's own kept count; micro-batches and processes averaged
+    if d.rescale:  # online threshold: the caller divides by the step's global kept count afterwards
+        return 1.0
+    # online threshold without rescaling: this micro-batch's own kept count; micro-batches and processes averaged
     return torch.as_tensor(kept_here, dtype=torch.float32).clamp(min=1.0) * d.micro_batches * d.world_size

@@ -172,6 +172,8 @@ def qtarget_loss(gamma: tuple, prior: str, terms: TokenTerms, p: torch.Tensor) -
         prior_ce = terms.uniform_ce
     else:
         prior_ce = -(terms.prior_probs * terms.prior_logp).sum(dim=-1)  # (N,)
+        # a target with no stored prior entry (all -inf): pi = onehot(y), so its Q is onehot too (NLL), not mass g
+        prior_ce = torch.where(terms.prior_probs.sum(dim=-1) > 0, prior_ce, -terms.logp)
     return -g * terms.logp.float() + (1.0 - g) * prior_ce.float()
 
 

@@ -1,0 +1,88 @@
+"""`tokensft train`'s settings: one dataclass, its defaults and its checks (no torch: the CLI reads it).
+
+    config = TrainConfig(data="scored/", output="ckpt/", objective="p")
+    config.validate()          # a ConfigError naming the flag, for anything that would fail or be ignored
+
+The help text lives in cli.py; the resolved config is saved as OUTPUT/train_config.json.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tokensft.errors import ConfigError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything `tokensft train` takes (help text lives in cli.py)."""
+
+    data: str
+    output: str
+    model: str = "smollm2-135m-instruct"
+    objective: str = "nll"
+    mask: str | None = None
+    ref: str | None = None
+    normalize: str | None = None  # None: the objective's own default
+    learning_rate: float = 5e-5
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 4  # sequences per micro-batch per process
+    grad_accum: int = 1
+    warmup: float = 0.1  # fraction of the steps
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.95
+    clip: float = 1.0  # 0: no clipping
+    seed: int = 0
+    chunk_size: int = 256
+    eval_fraction: float = 0.0
+    eval_every: int = 0
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    skip_invalid: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+
+    def validate(self) -> None:
+        """A ConfigError naming the flag for every value that would fail later or be silently ignored."""
+        from tokensft.train.objectives import NORMALIZE, parse_objective  # torch: only once training
+
+        objective = parse_objective(self.objective)
+        if self.normalize is not None and self.normalize not in NORMALIZE:
+            raise ConfigError(f"--normalize {self.normalize!r}: use one of {', '.join(NORMALIZE)}")
+        if objective.name == "poft":
+            if self.normalize not in (None, "sequences"):
+                raise ConfigError("--objective poft is per sequence: --normalize sequences (the default)")
+            if self.mask:  # s and s_ref are means over all response tokens; a mask would compare unlike means
+                raise ConfigError("--mask does not apply to --objective poft: PoFT compares the mean log-prob of every "
+                                  "response token with the reference's over the same tokens")
+        elif self.ref or self.skip_invalid:
+            raise ConfigError(f"--ref and --skip-invalid apply to --objective poft only, not {self.objective}")
+        floats = {"learning-rate": self.learning_rate, "epochs": self.epochs, "warmup": self.warmup, "clip": self.clip,
+                  "weight-decay": self.weight_decay, "eval-fraction": self.eval_fraction}
+        for flag, value in floats.items():
+            if not math.isfinite(value):
+                raise ConfigError(f"--{flag} {value}: must be a finite number")
+        for name in ("batch_size", "grad_accum", "chunk_size", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        for name in ("eval_every", "save_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 0 (0: never)")
+        if not 0 <= self.eval_fraction < 1 or not 0 <= self.warmup <= 1:
+            raise ConfigError("--eval-fraction must be in [0, 1) and --warmup in [0, 1]")
+        if self.eval_every and not self.eval_fraction:
+            raise ConfigError(f"--eval-every {self.eval_every}: there is no held-out split; add --eval-fraction")
+        if self.learning_rate <= 0 or (self.max_steps is not None and self.max_steps < 1) or self.epochs <= 0:
+            raise ConfigError("--learning-rate, --epochs and --max-steps must be positive")
+        if self.clip < 0 or self.weight_decay < 0:
+            raise ConfigError("--clip and --weight-decay must be >= 0 (--clip 0: no clipping)")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError("the AdamW betas must be in [0, 1)")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
