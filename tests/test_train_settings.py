@@ -138,3 +138,37 @@ def test_flags_that_would_fail_or_be_ignored_are_refused(enriched, tiny_dirs, tm
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert not (tmp_path / "x").exists()  # refused before anything is written
+
+
+def naive_sequence_means(batch: dict, model) -> torch.Tensor:
+    """(S,) mean target log-prob of each sequence, from full float64 logits."""
+    with torch.no_grad():
+        logits = model.double()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    model.float()
+    labels = batch["labels"][:, 1:]
+    logp = torch.log_softmax(logits, -1).gather(2, labels.clamp(min=0)[..., None])[..., 0]
+    target = labels != -100
+    return (logp * target).sum(1) / target.sum(1)
+
+
+@pytest.mark.parametrize("objective,normalize", [("nll", "sequences"), ("poft:beta=2,gamma=0.3", "sequences")])
+def test_sequence_normalizations_equal_their_definitions_across_micro_batches(enriched, tiny_dirs, objective, normalize):  # noqa: F811
+    """Split 3 + 5, with the step's counts: the summed micro-batch losses equal the naive per-sequence formula."""
+    from tokensft.train.loss import Denominator, count_batch, micro_batch_loss
+
+    obj = parse_objective(objective)
+    data = TrainData(str(enriched), obj)
+    rows = data.train_indices
+    parts = [data.collate(rows[:3], 0), data.collate(rows[3:], 0)]
+    counts = [count_batch(b) for b in parts]
+    denominator = Denominator(sum(c["targets"] for c in counts), sum(c["sequences"] for c in counts), None, 2)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dirs["bpe"]).float()
+    with torch.no_grad():
+        got = sum(micro_batch_loss(model, b, obj, normalize, denominator)[0] for b in parts)
+    s = naive_sequence_means(data.collate(rows, 0), model)
+    if obj.name == "poft":
+        ref = data.collate(rows, 0)["ref_logprob"].double()
+        expected = -torch.nn.functional.logsigmoid(2.0 * (s - ref) + 0.3).mean()
+    else:
+        expected = -s.mean()
+    assert float(got) == pytest.approx(float(expected), rel=1e-5)
