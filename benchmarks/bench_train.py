@@ -148,11 +148,18 @@ def bench_steps(reps: int, batch_size: int, seq_len: int, chunk_size: int, objec
         objective, normalize, batch, chunk = runs[spec]
         start = time.perf_counter()
         c = count_batch(batch)
-        denominator = Denominator(c["targets"], c["sequences"], None if objective.name in online else c["kept"], 1, 1)
-        loss, _ = micro_batch_loss(model, batch, objective, normalize, denominator, chunk)
+        rescale = objective.name in online and normalize == "kept-targets"  # as loop.py: divide gradients afterwards
+        denominator = Denominator(c["targets"], c["sequences"], None if objective.name in online else c["kept"], 1, 1,
+                                  rescale)
+        loss, stats = micro_batch_loss(model, batch, objective, normalize, denominator, chunk)
         if not torch.isfinite(loss):
             raise RuntimeError(f"{spec}: non-finite loss {loss.item()}")
         loss.backward()
+        if rescale:
+            kept = torch.as_tensor(stats["kept"], dtype=torch.float32).clamp(min=1.0)
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.div_(kept)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -278,7 +278,7 @@ def _add_train(sub) -> None:
     h.add_argument("--clip", type=float, default=D.clip, help="gradient norm clipping; 0: none (default %(default)s)")
     h.add_argument("--seed", type=int, default=D.seed, help="data order and initialization (default %(default)s)")
     h.add_argument("--chunk-size", type=int, default=D.chunk_size,
-                   help="target rows per lm_head chunk: 256 keeps the loss at ~0.3x a full cross-entropy's memory")
+                   help="target rows per lm_head chunk: 256 keeps the loss at ~0.3x a full cross-entropy's memory (default %(default)s)")
     h.add_argument("--dtype", default=D.dtype, choices=DTYPES,
                    help="auto: bf16 autocast on CUDA, fp32 on CPU (default %(default)s)")
     e = p.add_argument_group("evaluation, checkpoints")

@@ -5,6 +5,7 @@
         logits = head(hidden[chunk])               # (c, V) float32, recomputed in backward
         logp   = logits[y] - logsumexp(logits)     # (c,)
         + prior_logp (c, K), self_ce (c,), uniform_ce (c,) when the objective needs them
+    all from one exp pass, with one fused (c, V) gradient (see _ChunkTerms)
 
 Each chunk runs under activation checkpointing: autograd keeps only the chunk's hidden rows and
 recomputes its logits in the backward pass, so peak memory for the loss is a few c x V float32
@@ -41,48 +42,68 @@ def _contexts():
     return nullcontext(), _recompute()
 
 
-class _LogZWithEntropy(torch.autograd.Function):
-    """log Z = logsumexp(logits) (c,) with its usual gradient, plus the entropy of softmax(logits) (c,)
-    as a value without gradient, from one exp pass over the (c, V) row instead of two.
+class _ChunkTerms(torch.autograd.Function):
+    """Every term of a chunk from its logits (c, V) in one exp pass, with a fused backward.
 
-    The entropy is the self prior's -sum sg(p) log p, whose logit gradient is exactly 0 (p - p * sum p),
-    so it needs no autograd. Saves what logsumexp saves (logits, log Z), so the checkpoint's recompute
-    matches the forward; the recompute skips the entropy (its outputs are dropped).
+    forward:  log Z = logsumexp(logits); logp = logits[y] - log Z (c,); prior_logp = logits[ids] - log Z
+              (c, K); self_ce = -sum_v p_v log p_v (c,), a value only; uniform_ce = log Z - mean(logits) (c,)
+    backward: d/d logits = softmax * (g_uniform - g_logp - sum_k g_prior_k) + scatter(y, g_logp)
+              + scatter(ids, g_prior) - g_uniform / V, built in one (c, V) buffer. self_ce carries no
+              gradient: as the self prior's -sum sg(p) log p, its logit gradient is exactly 0 (p - p sum p).
+    Autograd's own graph for the same terms would add a (c, V) gradient per term, then sum them.
+    Unused terms are empty tensors. Saves (logits, log Z, y, ids) on the forward and on the
+    checkpoint's recompute alike; the recompute skips the entropy (its outputs are dropped).
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, want_entropy: bool):
+    def forward(ctx, logits, targets, prior_ids, want_self: bool, want_uniform: bool):
         top = logits.amax(dim=-1, keepdim=True)  # (c, 1)
         e = torch.sub(logits, top).exp_()  # (c, V) exp(logit - max)
         total = e.sum(dim=-1)  # (c,)
-        log_z = top.squeeze(-1) + total.log()
-        # -sum p log p = log Z - sum p * logit, with p = e / total
-        entropy = log_z - torch.linalg.vecdot(e, logits) / total if want_entropy else torch.zeros_like(log_z)
-        ctx.save_for_backward(logits, log_z)
-        ctx.mark_non_differentiable(entropy)
-        return log_z, entropy
+        log_z = top.squeeze(-1) + total.log()  # (c,)
+        logp = logits.gather(1, targets[:, None]).squeeze(1) - log_z
+        empty = logits.new_empty(0)
+        prior_logp = logits.gather(1, prior_ids) - log_z[:, None] if prior_ids is not None else empty
+        # -sum p log p = log Z - sum p * logit, with p = e / total; skipped on the recompute
+        self_ce = (log_z - torch.linalg.vecdot(e, logits) / total if not _recomputing else torch.zeros_like(log_z)) \
+            if want_self else empty
+        uniform_ce = log_z - logits.mean(dim=-1) if want_uniform else empty
+        ctx.save_for_backward(logits, log_z, targets, prior_ids)
+        ctx.mark_non_differentiable(self_ce)
+        return logp, prior_logp, self_ce, uniform_ce
 
     @staticmethod
-    def backward(ctx, grad_log_z: torch.Tensor, _grad_entropy: torch.Tensor):
-        logits, log_z = ctx.saved_tensors
-        return grad_log_z[:, None] * torch.exp(logits - log_z[:, None]), None  # d log Z / d logits = softmax
+    def backward(ctx, g_logp, g_prior, _g_self, g_uniform):
+        logits, log_z, targets, prior_ids = ctx.saved_tensors
+        coef = torch.zeros_like(log_z)  # (c,) what multiplies the softmax in each row
+        if g_logp is not None:
+            coef -= g_logp
+        if prior_ids is not None and g_prior is not None:
+            coef -= g_prior.sum(dim=-1)
+        if g_uniform is not None and g_uniform.numel():
+            coef += g_uniform
+        grad = torch.sub(logits, log_z[:, None]).exp_().mul_(coef[:, None])  # (c, V) softmax * coef
+        if g_uniform is not None and g_uniform.numel():
+            grad.sub_(g_uniform[:, None] / logits.shape[-1])
+        if g_logp is not None:
+            grad.scatter_add_(1, targets[:, None], g_logp[:, None])
+        if prior_ids is not None and g_prior is not None:
+            grad.scatter_add_(1, prior_ids, g_prior)
+        return grad, None, None, None, None
 
 
 def _chunk_terms(hidden: torch.Tensor, targets: torch.Tensor, prior_ids: torch.Tensor | None,
                  head: LogitHead, self_ce: bool, uniform_ce: bool) -> tuple[torch.Tensor, ...]:
     """The terms of one chunk: hidden (c, H), targets (c,), prior_ids (c, K) or None."""
     logits = head(hidden)  # (c, V) float32
-    if self_ce:
-        log_z, entropy = _LogZWithEntropy.apply(logits, not _recomputing)  # (c,), (c,)
-    else:
-        log_z = torch.logsumexp(logits, dim=-1)  # (c,)
-    out = [logits.gather(1, targets[:, None]).squeeze(1) - log_z]  # logp (c,)
+    logp, prior_logp, entropy, uniform = _ChunkTerms.apply(logits, targets, prior_ids, self_ce, uniform_ce)
+    out = [logp]
     if prior_ids is not None:
-        out.append(logits.gather(1, prior_ids) - log_z[:, None])  # (c, K)
+        out.append(prior_logp)
     if self_ce:
         out.append(entropy)
     if uniform_ce:
-        out.append(log_z - logits.mean(dim=-1))  # -(1/V) sum_v log p_v, (c,)
+        out.append(uniform)
     return tuple(out)
 
 
