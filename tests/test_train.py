@@ -120,9 +120,11 @@ def test_resume_continues_identically(enriched, tiny_dirs, tmp_path, monkeypatch
 
 def test_two_processes_equal_one(enriched, tiny_dirs, tmp_path):
     """accelerate launch with 2 CPU processes, batch 2 each, vs 1 process with 2 micro-batches of 2; the objective
-    normalizes by a kept count known only after the forward, summed over both processes."""
-    common = ["--objective", "threshold-nll:0.0006", "--max-steps", "3", "--lr", "1e-3", "--batch-size", "2", "--seed", "3", "-q",
-              "--model", str(tiny_dirs["bpe"])]
+    normalizes by a kept count known only after the forward, summed over both processes. 9/8 epochs of the 8
+    examples: steps of 4, 4 and 1, so in the last one the second process has no example (it runs a filler)."""
+    assert len(CHATS) == 8
+    common = ["--objective", "threshold-nll:0.0006", "--epochs", "1.125", "--lr", "1e-3", "--batch-size", "2", "--seed", "3",
+              "-q", "--model", str(tiny_dirs["bpe"])]
     assert main(["train", str(enriched), "--output", str(tmp_path / "one"), "--grad-accum", "2", *common]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # --multi_gpu selects accelerate's torchrun launcher; without GPUs each process runs on CPU (gloo)
@@ -135,6 +137,7 @@ def test_two_processes_equal_one(enriched, tiny_dirs, tmp_path):
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(torch.tensor(losses(tmp_path / "one")), torch.tensor(losses(tmp_path / "two")), atol=1e-5, rtol=1e-5)
+    assert len(losses(tmp_path / "two")) == 3
 
 
 def test_non_finite_loss_stops_with_step_and_ids(enriched, tiny_dirs, tmp_path, monkeypatch, capsys):

@@ -30,6 +30,7 @@ import torch
 
 from tokensft.errors import ConfigError, TokensftError
 from tokensft.fileio import atomic_write
+from tokensft.schema import IGNORE_INDEX
 from tokensft.train import checkpoints
 from tokensft.train.config import TrainConfig
 from tokensft.train.data import TrainData
@@ -132,8 +133,8 @@ def train(config: TrainConfig) -> dict:
     last = {}
     for step in range(start, total):
         began = time.perf_counter()
-        mine = data.step_indices(step, global_batch, config.seed, budget)[accelerator.process_index::world]
-        batches = [data.collate(mine[i:i + config.batch_size], pad_id) for i in range(0, len(mine), config.batch_size)]
+        drawn = data.step_indices(step, global_batch, config.seed, budget)
+        batches = _micro_batches(data, drawn, accelerator.process_index, world, config.batch_size, pad_id)
         counts = torch.tensor([[c["targets"], c["sequences"], c["kept"]] for c in map(count_batch, batches)] or [[0.0] * 3]).sum(0)
         counts = accelerator.reduce(counts.to(accelerator.device), reduction="sum").tolist()
         denominator = Denominator(counts[0], counts[1], counts[2] if static_kept else None, max(len(batches), 1), world,
@@ -184,6 +185,20 @@ def train(config: TrainConfig) -> dict:
     # sometimes abort it ("terminate called without an active exception") after all the work is saved
     accelerator.end_training()
     return {"output": str(output), "steps": total, "metrics": last, "normalize": normalize}
+
+
+def _micro_batches(data: TrainData, drawn, rank: int, world: int, batch_size: int, pad_id: int) -> list[dict]:
+    """This process's micro-batches of the step's examples `drawn`. Every process gets the same number
+    (a short last step pads with micro-batches without targets): under DDP, FSDP or DeepSpeed each
+    forward and backward is a collective, and a process with one fewer would hang the others."""
+    mine = drawn[rank::world]
+    batches = [data.collate(mine[i:i + batch_size], pad_id) for i in range(0, len(mine), batch_size)]
+    per_process = math.ceil(math.ceil(len(drawn) / world) / batch_size)
+    while len(batches) < per_process:
+        filler = data.collate(drawn[:1], pad_id)
+        filler["labels"].fill_(IGNORE_INDEX)  # no targets: counts nothing, adds a zero gradient
+        batches.append(filler)
+    return batches
 
 
 def _check_finite(step: int, losses: list[torch.Tensor], grad_norm: torch.Tensor, batches: list[dict], output: Path) -> None:
