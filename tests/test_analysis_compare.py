@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 from conftest import make_bpe_tokenizer, make_model
-from test_analysis import mean, median, naive_targets, rows_of, score
+from naive_analysis import mean, median, naive_targets, rows_of
+from test_analysis import score
 from test_enrich import CHATS
 
 from tokensft.analysis import compare, load_targets

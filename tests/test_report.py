@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import make_bpe_tokenizer, make_model
-from test_analysis import assert_matches, naive_summary
+from naive_analysis import assert_matches, naive_summary
 from test_enrich import CHATS, scored
 from test_train import enriched  # noqa: F401  (scored with top-k, a mask, a reference and a teacher)
 from transformers import AutoTokenizer
