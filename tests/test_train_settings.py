@@ -172,3 +172,26 @@ def test_sequence_normalizations_equal_their_definitions_across_micro_batches(en
     else:
         expected = -s.mean()
     assert float(got) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_config_file_then_flags_and_train_config_json_reads_back(enriched, tiny_dirs, tmp_path, capsys):  # noqa: F811
+    """Defaults < --config (JSON or YAML) < flags; OUTPUT/train_config.json passed back as --config is the same run."""
+    settings = tmp_path / "run.yaml"
+    settings.write_text("objective: p\nmax_steps: 2\nlearning_rate: 0.001\nbatch_size: 8\nbeta2: 0.99\n")
+    out = tmp_path / "ckpt"
+    assert train_cli(enriched, out, tiny_dirs["bpe"], "--config", str(settings), "--max-steps", "3") == 0
+    saved = json.loads((out / "train_config.json").read_text())
+    assert (saved["objective"], saved["max_steps"], saved["learning_rate"], saved["batch_size"], saved["beta2"]) == \
+        ("p", 3, 0.001, 8, 0.99)  # the flag beat the file's max_steps; beta2 has no flag
+    assert len(metrics(out)) == 3
+    again = tmp_path / "again.json"
+    again.write_text((out / "train_config.json").read_text())
+    assert train_cli(enriched, out, tiny_dirs["bpe"], "--config", str(again)) == 0  # same identity: nothing to redo
+    capsys.readouterr()
+    bad = tmp_path / "bad.json"
+    for text, message in [('{"lr": 1}', "unknown setting 'lr'"), ('{"batch_size": "8"}', "'batch_size' is '8'; it takes an integer"),
+                          ('{"epochs": true}', "'epochs' is True"), ("[1, 2]", "expected a mapping"), ("{", "not valid JSON")]:
+        bad.write_text(text)
+        assert train_cli(enriched, tmp_path / "x", tiny_dirs["bpe"], "--config", str(bad)) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err

@@ -258,54 +258,55 @@ def _add_train(sub) -> None:
         "processes, counted before masking: ProFit, TRL); kept-targets = by the kept ones (Beyond Log Likelihood);\n"
         "sequences = mean over sequences of their mean token loss (PoFT).",
     )
+    from tokensft.train.config import DTYPES, TrainConfig as D  # defaults live in the dataclass, once
+
+    # every setting defaults to None here: a flag given overrides --config, which overrides D's default
     p.add_argument("data", help="a dataset written by `tokensft score` (and `enrich`)")
     p.add_argument("--output", "-o", required=True, help="checkpoint directory (the final model, checkpoints/, metrics.jsonl)")
-    p.add_argument("--model", "-m", default="smollm2-135m-instruct", help="the model to train (must share the scorer's tokenizer)")
-    p.add_argument("--objective", default="nll", help="see below; default %(default)s")
+    p.add_argument("--config", help="a JSON or YAML file of these settings (keys as in OUTPUT/train_config.json, which "
+                                    "it reads back); flags given override it")
+    p.add_argument("--model", "-m", help=f"the model to train, sharing the scorer's tokenizer (default {D.model})")
+    p.add_argument("--objective", help=f"see below (default {D.objective})")
     p.add_argument("--mask", help="train only on a stored mask's tokens: its spec or name (tokensft enrich --mask)")
     p.add_argument("--ref", help="poft: the reference to compare with (ref_<name>_mean_logprob; default ref_mean_logprob)")
     p.add_argument("--normalize", choices=["all-targets", "kept-targets", "sequences"], help="default: the objective's own")
-    from tokensft.train.config import DTYPES, TrainConfig as D  # defaults live in the dataclass, once
-
     h = p.add_argument_group("optimization (defaults from Beyond Log Likelihood's scripts)")
-    h.add_argument("--learning-rate", "--lr", type=float, default=D.learning_rate, help="(default %(default)s)")
-    h.add_argument("--epochs", type=float, default=D.epochs, help="passes over the train split (default %(default)s)")
+    h.add_argument("--learning-rate", "--lr", type=float, help=f"(default {D.learning_rate})")
+    h.add_argument("--epochs", type=float, help=f"passes over the train split (default {D.epochs})")
     h.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
-    h.add_argument("--batch-size", type=int, default=D.batch_size, help="sequences per micro-batch per process (default %(default)s)")
-    h.add_argument("--grad-accum", type=int, default=D.grad_accum, help="micro-batches per optimizer step (default %(default)s)")
-    h.add_argument("--warmup", type=float, default=D.warmup, help="warmup fraction of the steps, cosine schedule (default %(default)s)")
-    h.add_argument("--weight-decay", type=float, default=D.weight_decay, help="AdamW, betas (0.9, 0.95) (default %(default)s)")
-    h.add_argument("--clip", type=float, default=D.clip, help="gradient norm clipping; 0: none (default %(default)s)")
-    h.add_argument("--seed", type=int, default=D.seed, help="data order and initialization (default %(default)s)")
-    h.add_argument("--chunk-size", type=int, default=D.chunk_size,
-                   help="target rows per lm_head chunk: 256 keeps the loss at ~0.3x a full cross-entropy's memory (default %(default)s)")
-    h.add_argument("--dtype", default=D.dtype, choices=DTYPES,
-                   help="auto: bf16 autocast on CUDA, fp32 on CPU (default %(default)s)")
+    h.add_argument("--batch-size", type=int, help=f"sequences per micro-batch per process (default {D.batch_size})")
+    h.add_argument("--grad-accum", type=int, help=f"micro-batches per optimizer step (default {D.grad_accum})")
+    h.add_argument("--warmup", type=float, help=f"warmup fraction of the steps, cosine schedule (default {D.warmup})")
+    h.add_argument("--weight-decay", type=float, help=f"AdamW, betas ({D.beta1}, {D.beta2}) (default {D.weight_decay})")
+    h.add_argument("--clip", type=float, help=f"gradient norm clipping; 0: none (default {D.clip})")
+    h.add_argument("--seed", type=int, help=f"data order and initialization (default {D.seed})")
+    h.add_argument("--chunk-size", type=int, help="target rows per lm_head chunk: 256 keeps the loss at ~0.3x a full "
+                                                  f"cross-entropy's memory (default {D.chunk_size})")
+    h.add_argument("--dtype", choices=DTYPES, help=f"auto: bf16 autocast on CUDA, fp32 on CPU (default {D.dtype})")
     e = p.add_argument_group("evaluation, checkpoints")
-    e.add_argument("--eval-fraction", type=float, default=D.eval_fraction,
-                   help="held-out fraction, by a hash of the example id (default %(default)s)")
-    e.add_argument("--eval-every", type=int, default=D.eval_every, help="evaluate every N steps, and at the end (0: at the end)")
-    e.add_argument("--save-every", type=int, default=D.save_every, help="checkpoint every N steps (resume: rerun the command)")
-    e.add_argument("--keep-checkpoints", type=int, default=D.keep_checkpoints, help="the latest N kept (default %(default)s)")
-    e.add_argument("--overwrite", action="store_true",
+    e.add_argument("--eval-fraction", type=float, help=f"held-out fraction, by a hash of the example id (default {D.eval_fraction})")
+    e.add_argument("--eval-every", type=int, help="evaluate every N steps, and at the end (default 0: at the end)")
+    e.add_argument("--save-every", type=int, help="checkpoint every N steps (resume: rerun the command; default 0: never)")
+    e.add_argument("--keep-checkpoints", type=int, help=f"the latest N kept (default {D.keep_checkpoints})")
+    e.add_argument("--overwrite", action="store_true", default=None,
                    help="start over in OUTPUT (its checkpoints and metrics) instead of resuming; needed when the settings changed")
-    e.add_argument("--skip-invalid", action="store_true", help="poft: train without examples lacking a reference score")
-    e.add_argument("--quiet", "-q", action="store_true")
+    e.add_argument("--skip-invalid", action="store_true", default=None, help="poft: train without examples lacking a reference score")
+    e.add_argument("--quiet", "-q", action="store_true", default=None)
     p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args) -> int:
-    from tokensft.train.config import TrainConfig
+    from dataclasses import fields
+
+    from tokensft.train.config import TrainConfig, settings_file
     from tokensft.train.loop import train
 
-    config = TrainConfig(
-        data=args.data, output=args.output, model=args.model, objective=args.objective, mask=args.mask, ref=args.ref,
-        normalize=args.normalize, learning_rate=args.learning_rate, epochs=args.epochs, max_steps=args.max_steps,
-        batch_size=args.batch_size, grad_accum=args.grad_accum, warmup=args.warmup, weight_decay=args.weight_decay,
-        clip=args.clip, seed=args.seed, chunk_size=args.chunk_size, eval_fraction=args.eval_fraction,
-        eval_every=args.eval_every, save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
-        dtype=args.dtype, skip_invalid=args.skip_invalid, overwrite=args.overwrite, quiet=args.quiet,
-    )
+    settings = settings_file(args.config) if args.config else {}
+    for field in fields(TrainConfig):
+        given = getattr(args, field.name, None)
+        if given is not None and field.name not in ("data", "output"):
+            settings[field.name] = given
+    config = TrainConfig(data=args.data, output=args.output, **settings)
     summary = train(config)
     metrics = summary["metrics"]
     print(f"trained model: {summary['output']} ({summary['steps']} steps, normalize {summary['normalize']}); "

@@ -2,14 +2,20 @@
 
     config = TrainConfig(data="scored/", output="ckpt/", objective="p")
     config.validate()          # a ConfigError naming the flag, for anything that would fail or be ignored
+    settings_file("run.yaml")  # {field: value} from a JSON or YAML file (`tokensft train --config`)
 
-The help text lives in cli.py; the resolved config is saved as OUTPUT/train_config.json.
+Precedence: the dataclass defaults, then a --config file, then explicit flags. The help text
+lives in cli.py; the resolved config is saved as OUTPUT/train_config.json, which --config reads
+back (its data, output, total_steps and world_size are ignored: data and output come from the
+command line, the others are derived).
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 from tokensft.errors import ConfigError
 
@@ -86,3 +92,49 @@ class TrainConfig:
             raise ConfigError("the AdamW betas must be in [0, 1)")
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+
+
+DERIVED = ("data", "output", "total_steps", "world_size")  # in train_config.json; not settings of a --config file
+_TYPES = {"str": (str,), "float": (float, int), "int": (int,), "bool": (bool,)}
+_WORDS = {"str": "a string", "float": "a number", "int": "an integer", "bool": "true or false"}
+
+
+def settings_file(path: str) -> dict:
+    """{field: value} from a JSON or YAML file of TrainConfig settings; a ConfigError names a bad key or value."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path}: cannot read it ({exc})") from None
+    if file.suffix.lower() in (".yaml", ".yml"):
+        import yaml  # a dependency of accelerate
+
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--config {path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    else:
+        try:
+            raw = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"--config {path}: not valid JSON ({exc}); YAML files end in .yaml or .yml") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of settings, e.g. {{\"objective\": \"p\", \"epochs\": 2}}")
+    known = {f.name: f.type for f in fields(TrainConfig)}
+    out = {}
+    for key, value in raw.items():
+        if key in DERIVED:
+            continue
+        if key not in known:
+            raise ConfigError(f"--config {path}: unknown setting {key!r}; settings are {', '.join(sorted(set(known) - set(DERIVED)))}")
+        kind = str(known[key])
+        optional = kind.endswith("| None")
+        expected = _TYPES[kind.removesuffix(" | None")]
+        if value is None and optional:
+            out[key] = None
+        elif isinstance(value, bool) and bool not in expected or not isinstance(value, expected):
+            raise ConfigError(f"--config {path}: setting {key!r} is {value!r}; it takes {_WORDS[kind.removesuffix(' | None')]}"
+                              + (" or null" if optional else ""))
+        else:
+            out[key] = float(value) if expected == _TYPES["float"] else value
+    return out

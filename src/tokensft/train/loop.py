@@ -120,7 +120,8 @@ def train(config: TrainConfig) -> dict:
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
         with atomic_write(output / "train_config.json", "w", encoding="utf-8") as f:
-            json.dump({**asdict(config), "normalize": normalize, "total_steps": total, "world_size": world}, f, indent=2)
+            settings = {k: v for k, v in asdict(config).items() if k != "overwrite"}  # read back by --config: never overwrite
+            json.dump({**settings, "normalize": normalize, "total_steps": total, "world_size": world}, f, indent=2)
     log = StepLog(output / "metrics.jsonl", total, start, disable=config.quiet or not accelerator.is_main_process,
                   main=accelerator.is_main_process)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
