@@ -195,3 +195,24 @@ def test_config_file_then_flags_and_train_config_json_reads_back(enriched, tiny_
         assert train_cli(enriched, tmp_path / "x", tiny_dirs["bpe"], "--config", str(bad)) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+def test_two_processes_evaluate_as_one(enriched, tiny_dirs, tmp_path):  # noqa: F811
+    """The held-out metrics of an online-threshold objective under 2 processes equal 1 process's (the eval split
+    is uneven across processes, so one of them runs a filler micro-batch)."""
+    import os
+    import subprocess
+    import sys
+
+    common = ["--objective", f"threshold-nll:{THRESHOLD}", "--max-steps", "1", "--eval-fraction", "0.5", "--batch-size", "1",
+              "--lr", "1e-3", "-q", "--model", str(tiny_dirs["bpe"])]
+    assert main(["train", str(enriched), "--output", str(tmp_path / "one"), "--grad-accum", "2", *common]) == 0
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--mixed_precision", "no",
+           "--num_machines", "1", "--dynamo_backend", "no", "-m", "tokensft", "train", str(enriched),
+           "--output", str(tmp_path / "two"), *common]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = metrics(tmp_path / "one")[-1], metrics(tmp_path / "two")[-1]
+    assert len(TrainData(str(enriched), parse_objective("nll"), eval_fraction=0.5).eval_indices) % 2 == 1
+    for key in ("eval_loss", "eval_nll", "eval_mean_p"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5), key

@@ -136,10 +136,8 @@ def train(config: TrainConfig) -> dict:
         began = time.perf_counter()
         drawn = data.step_indices(step, global_batch, config.seed, budget)
         batches = _micro_batches(data, drawn, accelerator.process_index, world, config.batch_size, pad_id)
-        counts = torch.tensor([[c["targets"], c["sequences"], c["kept"]] for c in map(count_batch, batches)] or [[0.0] * 3]).sum(0)
-        counts = accelerator.reduce(counts.to(accelerator.device), reduction="sum").tolist()
-        denominator = Denominator(counts[0], counts[1], counts[2] if static_kept else None, max(len(batches), 1), world,
-                                  rescale)
+        counts = accelerator.reduce(_counts(batches).to(accelerator.device), reduction="sum").tolist()
+        denominator = Denominator(counts[0], counts[1], counts[2] if static_kept else None, len(batches), world, rescale)
         sums, losses = {}, []
         module.train()
         for i, batch in enumerate(batches):
@@ -233,31 +231,26 @@ def _metrics(step, total, s, lr, grad_norm, seconds, targets) -> dict:
     return out
 
 
+def _counts(batches: list[dict]) -> torch.Tensor:
+    """(3,) targets, sequences and kept targets of these micro-batches (before any forward)."""
+    return torch.tensor([[c["targets"], c["sequences"], c["kept"]] for c in map(count_batch, batches)]).sum(0)
+
+
 @torch.no_grad()
 def evaluate(module, data: TrainData, config: TrainConfig, accelerator, pad_id: int, static_kept: bool) -> dict:
-    """Objective loss, NLL and mean target p on the held-out split, through the prepared module.
-
-    Every process runs the same number of forwards (a process short of batches repeats one and
-    drops its result), since under FSDP or DeepSpeed each forward is a collective.
-    """
+    """Objective loss, NLL and mean target p on the held-out split, through the prepared module, in
+    the same number of micro-batches on every process (see _micro_batches)."""
     module.eval()
-    world = accelerator.num_processes
-    mine = data.eval_indices[accelerator.process_index::world]
-    batches = [data.collate(mine[i:i + config.batch_size], pad_id) for i in range(0, len(mine), config.batch_size)]
-    counts = torch.tensor([[c["targets"], c["sequences"], c["kept"]] for c in map(count_batch, batches)] or [[0.0] * 3]).sum(0)
-    n_batches = torch.tensor([float(len(batches))], device=accelerator.device)
-    counts = accelerator.reduce(counts.to(accelerator.device), reduction="sum").tolist()
-    most = int(accelerator.reduce(n_batches, reduction="max").item())
-    spare = batches[:1] or [data.collate(data.eval_indices[:1], pad_id)]
+    batches = _micro_batches(data, data.eval_indices, accelerator.process_index, accelerator.num_processes,
+                             config.batch_size, pad_id)
+    counts = accelerator.reduce(_counts(batches).to(accelerator.device), reduction="sum").tolist()
     denominator = Denominator(counts[0], counts[1], counts[2] if static_kept else None, 1, 1, rescale=True)
     sums = torch.zeros(4, device=accelerator.device)  # objective loss, nll sum, p sum, kept
-    for i in range(most):
-        batch = batches[i] if i < len(batches) else spare[0]
+    for batch in batches:
         batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         loss, stats = module(batch, denominator)
-        if i < len(batches):
-            sums += torch.stack([torch.as_tensor(x, dtype=torch.float32, device=accelerator.device).reshape(())
-                                 for x in (loss, stats["nll_sum"], stats["p_sum"], stats["kept"])])
+        sums += torch.stack([torch.as_tensor(x, dtype=torch.float32, device=accelerator.device).reshape(())
+                             for x in (loss, stats["nll_sum"], stats["p_sum"], stats["kept"])])
     sums = accelerator.reduce(sums, reduction="sum").tolist()
     online = accelerator.unwrap_model(module).normalize == "kept-targets" and not static_kept  # loss is a sum: / kept
     return {"eval_loss": sums[0] / max(sums[3], 1.0) if online else sums[0], "eval_nll": sums[1] / max(counts[0], 1),

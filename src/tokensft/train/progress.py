@@ -11,15 +11,14 @@ from tqdm import tqdm
 from tokensft.fileio import atomic_write
 
 
-def _lines(path: Path) -> list[str]:
-    """The complete JSON lines of a metrics file; a line torn by a kill mid-append is dropped (its step is redone)."""
+def _records(path: Path) -> list[tuple[str, dict]]:
+    """(line, parsed) for each complete JSON line; a line torn by a kill mid-append is dropped (its step is redone)."""
     out = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            json.loads(line)
+            out.append((line, json.loads(line)))
         except ValueError:
             continue
-        out.append(line)
     return out
 
 
@@ -31,7 +30,7 @@ class StepLog:
         self.path, self.main = path, main
         if main:
             path.parent.mkdir(parents=True, exist_ok=True)
-            kept = [line for line in _lines(path) if json.loads(line).get("step", 0) <= start] if path.is_file() else []
+            kept = [line for line, row in _records(path) if row.get("step", 0) <= start] if path.is_file() else []
             with atomic_write(path, "w", encoding="utf-8") as f:
                 f.write("".join(line + "\n" for line in kept))
         self.bar = tqdm(total=total, initial=start, unit="step", file=sys.stderr, disable=disable, dynamic_ncols=True,
