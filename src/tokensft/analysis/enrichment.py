@@ -19,9 +19,9 @@ Teacher definitions (targets whose teacher log-prob is NaN are left out of every
   did not store:
       KL_i = sum_{k in S} q_k log(q_k / p_k) + q_rest log(q_rest / p_rest)
   with S the matched cells, q_k the teacher's stored probabilities (scaled to sum to 1 if float16
-  rounding pushes them over), q_rest = 1 - sum_S q, p_rest = max(1 - sum_S p, 1e-6). KL over a coarser partition never
-  exceeds the full-vocabulary KL (data-processing inequality), so this is a lower bound whenever
-  the stored p_k are exact, and 0 when the two models agree. `kl_unknown_mass` is the mean teacher
+  rounding pushes them over), q_rest = 1 - sum_S q, p_rest = max(1 - sum_S p, 1e-6). KL over a
+  coarser partition never exceeds the full-vocabulary KL (data-processing inequality), so this is
+  a lower bound whenever the stored p_k are exact, and 0 when the two models agree. `kl_unknown_mass` is the mean teacher
   mass merged into the rest cell because the scorer's probability of those ids is not stored (0:
   every teacher id matched; the larger, the looser the bound: store a larger scorer `--top-k`).
   Without the scorer's top-k there is no KL (None). Renormalizing the teacher's top-k alone would

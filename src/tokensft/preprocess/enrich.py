@@ -32,7 +32,8 @@ from tokensft.fileio import atomic_write, exchange_dirs
 from tokensft.preprocess import output
 from tokensft.preprocess.masks import MaskSpec, mask_values, parse_mask, quantile_threshold
 from tokensft.preprocess.progress import Progress
-from tokensft.preprocess.shards import CHUNK_KEY, flat_list, read_schema, read_shard_info, read_table, shard_name, write_shard
+from tokensft.preprocess.shards import (CHUNK_KEY, flat_list, read_schema, read_shard_info, read_table, shard_name,
+                                       write_shard)
 from tokensft.schema import METADATA_KEY, enrichment_field, enrichment_order, load_metadata
 
 ENRICH_KEY = b"tokensft_enrich"  # per-shard mask counts and reference stats, summed at the end

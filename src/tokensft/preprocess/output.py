@@ -21,10 +21,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-
 from tokensft.errors import ConfigError
 from tokensft.fileio import atomic_write
-from tokensft.preprocess.shards import SHARD_RE, add_stats, empty_stats, finished_chunks, read_schema, read_shard_info, shard_name
+from tokensft.preprocess.shards import (SHARD_RE, add_stats, empty_stats, finished_chunks, read_schema, read_shard_info,
+                                       shard_name)
 from tokensft.schema import METADATA_FILE
 
 STATE_DIR = ".tokensft"

@@ -93,7 +93,7 @@ def _input_ids(t, n: int, seed: int) -> dict[int, list[int]]:
 
     wanted, out, base = sorted({row for row, _ in pick_examples(t, n, seed)}), {}, 0
     for shard in shard_paths(Path(t.path), t.meta):
-        if base > (wanted[-1] if wanted else -1):
+        if not wanted or base > wanted[-1]:
             break
         column = read_table(shard, ["input_ids"])["input_ids"]
         for row in wanted:

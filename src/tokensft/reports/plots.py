@@ -182,10 +182,9 @@ def teacher(per_example: pd.DataFrame) -> bytes:
     kl = per_example["kl_mean"]
     if kl.notna().any():
         points = ax.scatter(per_example["mean_p"], per_example["teacher_mean_p"], s=10, c=kl, cmap="viridis")
-    else:  # no KL to colour by (no scorer top-k): a colormap without values only warns
-        points = ax.scatter(per_example["mean_p"], per_example["teacher_mean_p"], s=10, color=BLUE)
-    if kl.notna().any():
         fig.colorbar(points, ax=ax, label="mean KL(teacher || scorer), top-k")
+    else:  # no KL to colour by (no scorer top-k): a colormap without values only warns
+        ax.scatter(per_example["mean_p"], per_example["teacher_mean_p"], s=10, color=BLUE)
     ax.plot([0, 1], [0, 1], color=GREY, linestyle="--", linewidth=1)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
