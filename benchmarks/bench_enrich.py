@@ -37,7 +37,7 @@ def synthetic_dataset(directory: Path, targets: int) -> int:
     """A finished scored dataset of ceil(targets / 250) rows with random log-probs; returns its targets."""
     from tokensft.preprocess import output
     from tokensft.preprocess.shards import list_array, write_shard
-    from tokensft.schema import MESSAGE_TYPE, SCHEMA_VERSION, scored_schema
+    from tokensft.core.schema import MESSAGE_TYPE, SCHEMA_VERSION, scored_schema
 
     rng = np.random.default_rng(0)
     rows = -(-targets // TARGETS_PER_ROW)

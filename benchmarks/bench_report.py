@@ -40,7 +40,7 @@ def synthetic_dataset(directory: Path, targets: int, top_k: int, seed: int, toke
     token_fingerprint: the tokenizer the report decodes with must match it."""
     from tokensft.preprocess import output
     from tokensft.preprocess.shards import list_array, write_shard
-    from tokensft.schema import MESSAGE_TYPE, SCHEMA_VERSION, enrichment_field, scored_schema
+    from tokensft.core.schema import MESSAGE_TYPE, SCHEMA_VERSION, enrichment_field, scored_schema
 
     rng, tokens_rng = np.random.default_rng(seed), np.random.default_rng(12345)
     rows = -(-targets // TARGETS_PER_ROW)
@@ -113,7 +113,7 @@ def vocab_classes() -> tuple[np.ndarray, str, str | None]:
     from tokensft.analysis import classify_vocab
 
     try:
-        from tokensft.preprocess.models import load_tokenizer, resolve_model_dir, tokenizer_fingerprint
+        from tokensft.core.models import load_tokenizer, resolve_model_dir, tokenizer_fingerprint
 
         tokenizer = load_tokenizer(resolve_model_dir("smollm2-135m-instruct")[0])
     except Exception as exc:  # noqa: BLE001 -- a benchmark may run without the cached model
@@ -165,11 +165,11 @@ def main() -> None:
 
         model = "smollm2-135m-instruct" if fingerprint else None
         out = Path(workdir) / "report"
-        seconds, done = best(lambda: write_report(str(a), str(out), model=model), args.repeat)
+        seconds, done = best(lambda: write_report(str(a), str(out), model=model, quiet=True), args.repeat)
         size = (out / "index.html").stat().st_size / 1e6
         print(f"whole report        {seconds:6.2f} s  {n / seconds / 1e6:5.2f}M targets/s  = {seconds / 60:.2f}x the 60 s "
               f"target (index.html {size:.1f} MB, token classes {done['summary']['report']['token_classes']})")
-        seconds, _ = best(lambda: write_report(str(a), str(out), compare_with=str(b), model=model), args.repeat)
+        seconds, _ = best(lambda: write_report(str(a), str(out), compare_with=str(b), model=model, quiet=True), args.repeat)
         print(f"report --compare    {seconds:6.2f} s  = {seconds / 60:.2f}x the 60 s target")
 
 

@@ -69,7 +69,7 @@ MODEL_RSS: list[float] = []
 
 def record_model_rss() -> None:
     """Wrap load_model so every method records its RSS right after the model is loaded."""
-    from tokensft.preprocess import models
+    from tokensft.core import models
 
     original = models.load_model
 
@@ -84,7 +84,7 @@ def record_model_rss() -> None:
 def method_bare(path: Path, model_name: str, batch_tokens: int | None) -> dict:
     import torch
 
-    from tokensft.preprocess import models
+    from tokensft.core import models
     from tokensft.preprocess.scorer import default_batch_tokens, plan_batches
 
     loaded = models.load_model(model_name)
@@ -105,7 +105,7 @@ def method_bare(path: Path, model_name: str, batch_tokens: int | None) -> dict:
 def method_naive(path: Path, model_name: str, batch_tokens: int | None) -> dict:
     import torch
 
-    from tokensft.preprocess import models
+    from tokensft.core import models
 
     loaded = models.load_model(model_name)
     examples = rendered_examples(path, loaded.tokenizer)
@@ -169,10 +169,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.method:
         return child(args)
-    from tokensft.preprocess.models import load_model
+    from tokensft.core.models import load_model
 
     load_model(args.model)  # fetch/convert once, outside any timing
-    probe = [sys.executable, "-c", "import time, torch, transformers; from tokensft.preprocess.models import load_model; "
+    probe = [sys.executable, "-c", "import time, torch, transformers; from tokensft.core.models import load_model; "
              "t = time.perf_counter(); load_model(%r); print(time.perf_counter() - t)" % args.model]
     load_s = float(subprocess.run(probe, check=True, capture_output=True, text=True).stdout.split()[-1])
     print(f"model load from the tokensft cache (fresh process, imports excluded): {load_s:.2f} s", flush=True)

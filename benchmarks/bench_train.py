@@ -205,9 +205,10 @@ def memory_child(method: str, seq_len: int, hidden_size: int, grads_out: str) ->
     import torch
     import torch.nn.functional as F
 
-    from tokensft.preprocess.scoring import LogitHead
+    from tokensft.core.head import LogitHead
     from tokensft.train.chunked import target_terms
-    from tokensft.train.objectives import parse_objective, token_loss
+    from tokensft.train.losses import token_loss
+    from tokensft.train.objectives import parse_objective
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     nll = parse_objective("nll")

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, TrainingArguments
 
-    from tokensft.preprocess.models import load_tokenizer, resolve_model_dir
+    from tokensft.core.models import load_tokenizer, resolve_model_dir
     from tokensft.train.interop import TokenSFTCollator, TokenSFTMixin, TokenSFTTrainer, trainer_dataset
 
     path, _ = resolve_model_dir(args.model)

@@ -12,7 +12,7 @@ import pytest
 
 import tokensft
 from tokensft.analysis import CLASSES, REFERENCE_POINTS
-from tokensft.schema import IGNORE_INDEX
+from tokensft.core.schema import IGNORE_INDEX
 
 
 def rows_of(directory: Path) -> list[dict]:

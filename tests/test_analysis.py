@@ -40,7 +40,7 @@ from tokensft.analysis import (
     teacher_stats,
 )
 from tokensft.cli import main
-from tokensft.errors import ConfigError
+from tokensft.core.errors import ConfigError
 from tokensft.train.objectives import parse_objective
 
 LONG_AND_INVALID = [{"question": "Hello there! Hi, how can I help you today? Tell me a joke about cats, and another one.",

@@ -14,7 +14,7 @@ from test_analysis import score
 from test_enrich import CHATS
 
 from tokensft.analysis import compare, load_targets
-from tokensft.errors import ConfigError
+from tokensft.core.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import tokensft
 from tokensft.cli import main
-from tokensft.preprocess import enrich as enrich_module
-from tokensft.preprocess import jobs, rescore
+from tokensft.preprocess import rescore
+from tokensft.preprocess.enrich import assemble as enrich_module
+from tokensft.preprocess.enrich import jobs
 from tokensft.preprocess.formats import FormatSpec, to_example
-from tokensft.preprocess.masks import parse_mask
+from tokensft.core.masks import parse_mask
 from tokensft.preprocess.render import Renderer
-from tokensft.schema import IGNORE_INDEX
+from tokensft.core.schema import IGNORE_INDEX
 
 CHATS = [
     {"messages": [{"role": "system", "content": "You are a helpful assistant."},
@@ -266,6 +267,22 @@ def test_reference_that_cannot_render_is_named_or_skipped(tmp_path, tiny_dirs, c
     assert math.isnan(row["ref_picky_mean_logprob"]) and row["ref_picky_num_targets"] == 0
     assert tokensft.load_metadata(out)["enrichment"]["refs"]["picky"]["counts"]["failed"] == {"template": 1}
     assert torch.isfinite(torch.tensor(tokensft.load(out)[1]["ref_mean_logprob"]))
+
+
+def test_template_errors_name_the_commands_own_flag(tmp_path, tiny_dirs, capsys):
+    """A reference's render error suggests enrich's --ref-template; the scorer's, score's --template."""
+    shouting = tmp_path / "shouting"  # a chat template that does not keep the response text verbatim
+    shutil.copytree(tiny_dirs["sp"], shouting)
+    tokenizer = AutoTokenizer.from_pretrained(shouting)
+    tokenizer.chat_template = "{% for m in messages %}{{ (m['content'] | upper) + eos_token }}{% endfor %}"
+    tokenizer.save_pretrained(shouting)
+    out = scored(tmp_path, tiny_dirs["bpe"])
+    assert enrich_cli(out, "--ref", str(shouting)) == 2
+    err = capsys.readouterr().err
+    assert "--ref-template plain" in err and err.count("\n") == 1, err
+    assert main(["score", str(tmp_path / "data.jsonl"), "--model", str(shouting), "-o", str(tmp_path / "s"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "--template plain" in err and "--ref-template" not in err, err
 
 
 def test_old_copy_left_by_a_kill_after_the_swap_is_removed(tmp_path, tiny_dirs):

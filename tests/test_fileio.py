@@ -2,7 +2,7 @@
 
 import pytest
 
-from tokensft.fileio import atomic_write
+from tokensft.core.fileio import atomic_write
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
@@ -26,7 +26,7 @@ def test_interrupted_write_leaves_old_file_and_no_temp(tmp_path, error):
 
 
 def test_exchange_dirs_swaps_whole_directories(tmp_path):
-    from tokensft.fileio import exchange_dirs
+    from tokensft.core.fileio import exchange_dirs
 
     current, new = tmp_path / "data", tmp_path / ".data.new"
     current.mkdir()

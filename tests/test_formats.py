@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from tokensft.errors import ConfigError, InputError
+from tokensft.core.errors import ConfigError, InputError
 from tokensft.preprocess.formats import FormatSpec, Message, detect_format, stable_id, to_example
 
 WHERE = "data.jsonl line 12"

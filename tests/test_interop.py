@@ -17,7 +17,7 @@ from test_enrich import CHATS
 from test_train import enriched  # noqa: F401  (the scored + enriched tiny dataset fixture)
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
-from tokensft.errors import ConfigError
+from tokensft.core.errors import ConfigError
 from tokensft.train.data import TrainData
 from tokensft.train.interop import TokenSFTCollator, TokenSFTLoss, TokenSFTMixin, TokenSFTTrainer, trainer_dataset
 from tokensft.train.loss import Denominator, count_batch, micro_batch_loss

@@ -10,8 +10,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from tokensft.errors import ConfigError
-from tokensft.preprocess.masks import mask_values, parse_mask, quantile_threshold
+from tokensft.core.errors import ConfigError
+from tokensft.core.masks import mask_values, parse_mask, quantile_threshold
 
 M64 = (1 << 64) - 1
 

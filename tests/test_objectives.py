@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokensft.errors import ConfigError
-from tokensft.preprocess.scoring import LogitHead
+from tokensft.core.errors import ConfigError
+from tokensft.core.head import LogitHead
 from tokensft.train.chunked import target_terms
-from tokensft.train.objectives import TokenTerms, parse_objective, poft_loss, token_loss
+from tokensft.train.losses import LOSSES, TokenTerms, poft_loss, token_loss
+from tokensft.train.objectives import GRAMMAR, NORMALIZE, OBJECTIVES, objectives_help, parse_objective
 
 N, V, K = 12, 50, 4
 BASIC = ["nll", "p", "power:10", "power:0.5", "dft", "threshold-p:0.2", "threshold-nll:0.2", "threshold-p<=:0.3",
@@ -36,7 +37,7 @@ def make_case(seed: int = 0):
 def terms_from_logits(logits, targets, ids, lps) -> TokenTerms:
     """TokenTerms straight from (N, V) logits, as the trainer's chunk computes them."""
     logp_all = torch.log_softmax(logits, -1)
-    return TokenTerms(logp=logp_all.gather(1, targets[:, None]).squeeze(1), prior_logp=logp_all.gather(1, ids),
+    return TokenTerms(logprob=logp_all.gather(1, targets[:, None]).squeeze(1), prior_logprob=logp_all.gather(1, ids),
                       prior_probs=torch.softmax(lps, -1), self_ce=-(logp_all.detach().exp() * logp_all).sum(-1),
                       uniform_ce=-logp_all.mean(-1))
 
@@ -134,7 +135,7 @@ def test_threshold_boundary_is_inclusive(spec, want):
     """1[sg(p) >= Q] and 1[sg(p) <= Q] keep a token whose p equals Q exactly (p = 0.25, 0.5 exact in float32)."""
     logp = torch.log(torch.tensor([0.125, 0.25, 0.5]))
     assert torch.equal(logp.exp(), torch.tensor([0.125, 0.25, 0.5]))
-    assert token_loss(parse_objective(spec), TokenTerms(logp=logp))[1].tolist() == [bool(w) for w in want]
+    assert token_loss(parse_objective(spec), TokenTerms(logprob=logp))[1].tolist() == [bool(w) for w in want]
     qt = token_loss(parse_objective("qtarget:gamma=threshold:0.25,prior=uniform"),
                     TokenTerms(logp, uniform_ce=torch.full((3,), 9.0)))
     assert qt[0].tolist() == [9.0, -logp[1].item(), -logp[2].item()]  # gamma = 1[sg(p) >= T] is inclusive too
@@ -240,7 +241,7 @@ def all_terms(hidden, targets, head, ids, lps, chunk=None, recompute=True):
     """The five terms, chunked through target_terms or computed directly from full logits."""
     if chunk is not None:
         t = target_terms(hidden, targets, head, chunk, ids, lps, self_ce=True, uniform_ce=True, recompute=recompute)
-        return t.logp, t.prior_logp, t.prior_probs, t.self_ce, t.uniform_ce
+        return t.logprob, t.prior_logprob, t.prior_probs, t.self_ce, t.uniform_ce
     logp_all = torch.log_softmax(head(hidden), -1)
     return (logp_all.gather(1, targets[:, None]).squeeze(1), logp_all.gather(1, ids),
             torch.softmax(lps, -1).nan_to_num(0.0), -(logp_all.detach().exp() * logp_all).sum(-1),
@@ -301,7 +302,7 @@ def test_chunked_no_targets(spec):
     """N = 0: empty terms still carry the graph, so a zero loss backpropagates zero gradients."""
     hidden, targets, head, ids, lps = chunk_case(0)
     terms = target_terms(hidden, targets, head, 4, ids, lps, self_ce=True, uniform_ce=True)
-    assert terms.logp.shape == (0,) and terms.prior_logp.shape == (0, K) and terms.self_ce.shape == (0,)
+    assert terms.logprob.shape == (0,) and terms.prior_logprob.shape == (0, K) and terms.self_ce.shape == (0,)
     loss, kept = token_loss(parse_objective(spec), terms)
     assert loss.shape == (0,) and kept.shape == (0,)
     total = loss.sum()
@@ -318,8 +319,8 @@ def test_qtarget_target_without_stored_prior_is_nll(gamma):
     terms = terms_from_logits(logits, targets, ids, lps)
     terms.prior_probs = terms.prior_probs.nan_to_num(0.0)  # as the chunk renormalizes: an empty row is 0
     loss, _ = token_loss(parse_objective(f"qtarget:gamma={gamma},prior=scorer"), terms)
-    torch.testing.assert_close(loss[2], -terms.logp[2])
-    assert not torch.allclose(loss[3], -terms.logp[3])  # rows with a prior are untouched
+    torch.testing.assert_close(loss[2], -terms.logprob[2])
+    assert not torch.allclose(loss[3], -terms.logprob[3])  # rows with a prior are untouched
 
 
 @pytest.mark.parametrize("prior,self_ce,uniform_ce", [(False, False, False), (True, False, False), (True, True, True),
@@ -340,3 +341,49 @@ def test_fused_chunk_backward_passes_gradcheck(prior, self_ce, uniform_ce):
         return (logp, *([prior_logp] if prior else []), *([uniform] if uniform_ce else []))
 
     assert torch.autograd.gradcheck(terms, (logits,))
+
+
+def test_losses_cover_the_token_level_catalogue():
+    """LOSSES has one function per token-level objective of OBJECTIVES, and nothing else."""
+    token_level = {name for name, kind in OBJECTIVES.items() if not kind.sequence_level}
+    assert set(LOSSES) == token_level and "nll" in token_level and "poft" not in token_level
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS + ["poft", "qtarget"])
+def test_catalogue_facts(spec):
+    """Each parsed spec takes its facts from its kind: only thresholds and ProFit keep by the current p."""
+    obj = parse_objective(spec)
+    assert obj.kind is OBJECTIVES[obj.name]
+    assert obj.online_kept == (obj.name in ("threshold", "profit"))
+    assert obj.default_normalize in NORMALIZE
+
+
+def test_grammar_is_unchanged():
+    """The grammar in --objective errors, built from the catalogue, reads as it always has."""
+    assert GRAMMAR == ("nll, p, power:A, dft, threshold-p:Q, threshold-nll:Q, threshold-p<=:Q, threshold-nll<=:Q, "
+                       "profit[:T], poft[:beta=B,gamma=G], "
+                       "qtarget[:gamma=G|p|p^A|threshold:T,prior=teacher|scorer|self|uniform]")
+
+
+def test_help_lists_every_objective():
+    """The train --help epilog gives every objective its usage, default normalization and source; then --mask
+    and each --normalize choice."""
+    text = objectives_help()
+    lines = text.splitlines()
+    for kind in OBJECTIVES.values():
+        start = next(i for i, line in enumerate(lines) if line == f"  {kind.usage}" or line.startswith(f"  {kind.usage} "))
+        end = next((i for i in range(start + 1, len(lines)) if not lines[i].startswith("   ")), len(lines))
+        entry = " ".join(line.strip() for line in lines[start:end])  # the usage line and the indented ones below
+        assert f"[{kind.default_normalize}]" in entry and f"from: {kind.source}" in entry, kind.name
+    assert "--mask SPEC" in text and all(any(line.startswith(f"  {name} ") for line in lines) for name in NORMALIZE)
+    assert max(map(len, lines)) <= 110
+
+
+def test_objectives_and_config_import_without_torch():
+    """The CLI builds the train help for every command: objectives and config must not import torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, tokensft.train.objectives, tokensft.train.config; assert 'torch' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tokensft.errors import ConfigError, InputError
+from tokensft.core.errors import ConfigError, InputError
 from tokensft.preprocess.readers import count_rows, detect_kind, display_name, input_fingerprint, iter_rows
 
 RECORDS = [

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from conftest import TOKENIZERS
 
-from tokensft.errors import ConfigError
+from tokensft.core.errors import ConfigError
 from tokensft.preprocess.formats import FormatSpec, detect_format, to_example
 from tokensft.preprocess.render import Renderer, label_tokens
-from tokensft.schema import IGNORE_INDEX
+from tokensft.core.schema import IGNORE_INDEX
 
 RECORDS = {
     "messages": {"messages": [
@@ -139,7 +139,7 @@ def test_trimming_template_never_matches_a_later_turn():
 
 
 def test_template_error_is_an_input_error():
-    from tokensft.errors import InputError
+    from tokensft.core.errors import InputError
 
     tokenizer = TOKENIZERS["bpe"]()
     tokenizer.chat_template = "{{ raise_exception('Conversation roles must alternate user/assistant') }}"

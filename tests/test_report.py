@@ -249,8 +249,8 @@ def test_damaged_data_and_wrong_tokenizers_are_one_line_errors(enriched, tmp_pat
 
 def test_the_default_tokenizer_is_never_fetched_for_a_report(monkeypatch, tmp_path):
     """A dataset scored by the default model, with nothing in the cache: ids are shown, nothing downloaded."""
-    from tokensft.analysis.inspect_data import tokenizer_for
-    from tokensft.preprocess import models
+    from tokensft.core.dataset import tokenizer_for
+    from tokensft.core import models
 
     def no_download(*args, **kwargs):
         raise AssertionError("a report must not fetch a model")

@@ -17,10 +17,10 @@ from transformers import AutoModelForCausalLM
 
 import tokensft
 from tokensft.cli import main
-from tokensft.errors import ConfigError
+from tokensft.core.errors import ConfigError
 from tokensft.preprocess import run as run_module
 from tokensft.preprocess.output import RankLock
-from tokensft.schema import IGNORE_INDEX
+from tokensft.core.schema import IGNORE_INDEX
 
 QA = [
     {"question": "What is 2 + 2?", "answer": "The answer is 4."},
@@ -125,7 +125,7 @@ def test_two_ranks_equal_one(tmp_path, tiny_dirs, capsys):
 
 
 def test_rank_from_environment(monkeypatch):
-    from tokensft.cli import _env_rank
+    from tokensft.preprocess.config import env_rank as _env_rank
 
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")

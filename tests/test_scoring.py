@@ -11,8 +11,9 @@ from conftest import TOKENIZERS, make_model
 from tokensft.preprocess.formats import Example, Message
 from tokensft.preprocess.render import Renderer
 from tokensft.preprocess.scorer import Scorer, plan_batches
-from tokensft.preprocess.scoring import LogitHead, score_hidden
-from tokensft.schema import IGNORE_INDEX
+from tokensft.core.head import LogitHead
+from tokensft.preprocess.scoring import score_hidden
+from tokensft.core.schema import IGNORE_INDEX
 
 QUESTIONS = [
     ("What is 2 + 2?", "The answer is 4."),
@@ -116,7 +117,7 @@ def test_plan_batches_respects_budget_and_covers_all():
 @pytest.mark.slow
 def test_real_embedded_model_equals_naive():
     """SmolLM2-135M-Instruct (the embedded default), chat template, batched vs naive."""
-    from tokensft.preprocess.models import load_model
+    from tokensft.core.models import load_model
 
     loaded = load_model("smollm2-135m-instruct")
     renderer = Renderer(loaded.tokenizer)

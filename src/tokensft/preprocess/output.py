@@ -21,16 +21,17 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from tokensft.errors import ConfigError
-from tokensft.fileio import atomic_write
-from tokensft.preprocess.shards import (SHARD_RE, add_stats, empty_stats, finished_chunks, read_schema, read_shard_info,
-                                       shard_name)
-from tokensft.schema import METADATA_FILE
+from tokensft.core.errors import ConfigError
+from tokensft.core.fileio import atomic_write
+from tokensft.core.counts import Counts
+from tokensft.core.dataset import SHARD_RE, finished_chunks, read_schema, read_shard_info, shard_name
+from tokensft.core.schema import METADATA_FILE, STATE_FILE
+from tokensft.preprocess.shards import scoring_counts
 
 STATE_DIR = ".tokensft"
 RUN_FILE = "run.json"
 OUTPUT_LOCK = ".tokensft.lock"  # never deleted: serializes prepare/finish across ranks and runs
-OUR_FILES = {METADATA_FILE, "dataset_info.json", "state.json", STATE_DIR, OUTPUT_LOCK}
+OUR_FILES = {METADATA_FILE, "dataset_info.json", STATE_FILE, STATE_DIR, OUTPUT_LOCK}
 
 
 def is_ours(name: str) -> bool:
@@ -58,7 +59,7 @@ def read_run(directory: Path) -> dict | None:
 
 
 def is_finished(directory: Path) -> bool:
-    return (directory / "state.json").is_file()
+    return (directory / STATE_FILE).is_file()
 
 
 def prepare(directory: Path, run: dict, overwrite: bool, resume: bool = True) -> str:
@@ -184,17 +185,15 @@ def finish(directory: Path, extra_metadata: dict | None = None) -> dict:
             f"{directory}: {len(missing)} of {run['num_chunks']} chunks not scored yet (first: chunk {missing[0]}); "
             f"finish the ranks that own them (chunk k belongs to rank k % world_size), then merge"
         )
-    totals = empty_stats()
-    for k in range(run["num_chunks"]):
-        _, stats = read_shard_info(directory / shard_name(k))
-        totals = add_stats(totals, stats)
+    totals = scoring_counts().merge(
+        Counts.total(read_shard_info(directory / shard_name(k))[1] for k in range(run["num_chunks"])))
     meta = {
         **run["metadata"], **(extra_metadata or {}), "counts": totals, "num_shards": run["num_chunks"],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json_atomic(directory / METADATA_FILE, meta)
     write_json_atomic(directory / "dataset_info.json", _dataset_info(directory, run))
-    write_json_atomic(directory / "state.json", _state(run))
+    write_json_atomic(directory / STATE_FILE, _state(run))
     return meta
 
 

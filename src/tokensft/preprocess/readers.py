@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokensft.errors import ConfigError, InputError
+from tokensft.core.errors import ConfigError, InputError
 
 KINDS = ("jsonl", "json", "parquet", "csv", "hf-disk")
 EXTENSIONS = {

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tokensft.errors import ConfigError, InputError
+from tokensft.core.errors import ConfigError, InputError
+from tokensft.core.schema import IGNORE_INDEX
 from tokensft.preprocess.formats import Example, Message
-from tokensft.schema import IGNORE_INDEX
 
 TEMPLATES = ("auto", "chat", "plain")
 PLAIN_SEPARATOR = "\n"  # between turns in the plain render of a conversation
@@ -31,15 +31,16 @@ class Rendered:
     truncated: bool
 
 
-def resolve_template(template: str, tokenizer) -> str:
-    """`auto` -> `chat` when the tokenizer has a chat template, else `plain`."""
+def resolve_template(template: str, tokenizer, flag: str = "--template") -> str:
+    """`auto` -> `chat` when the tokenizer has a chat template, else `plain`. `flag` is the option
+    that set it, named in errors (`score --template`; a reference's is `enrich --ref-template`)."""
     if template not in TEMPLATES:
-        raise ConfigError(f"--template {template!r}: use one of {', '.join(TEMPLATES)}")
+        raise ConfigError(f"{flag} {template!r}: use one of {', '.join(TEMPLATES)}")
     has_chat = bool(getattr(tokenizer, "chat_template", None))
     if template == "auto":
         return "chat" if has_chat else "plain"
     if template == "chat" and not has_chat:
-        raise ConfigError("--template chat: the model's tokenizer has no chat template (use --template plain)")
+        raise ConfigError(f"{flag} chat: the model's tokenizer has no chat template (use {flag} plain)")
     return template
 
 
@@ -47,7 +48,7 @@ def _as_dicts(messages: tuple[Message, ...] | list[Message]) -> list[dict]:
     return [{"role": m.role, "content": m.content} for m in messages]
 
 
-def _chat_text(tokenizer, messages, where: str, generation_prompt: bool = False) -> str:
+def _chat_text(tokenizer, messages, where: str, flag: str, generation_prompt: bool = False) -> str:
     try:
         return tokenizer.apply_chat_template(
             _as_dicts(messages), tokenize=False, add_generation_prompt=generation_prompt
@@ -55,10 +56,10 @@ def _chat_text(tokenizer, messages, where: str, generation_prompt: bool = False)
     except Exception as exc:  # jinja2 raises its own errors, e.g. "roles must alternate user/assistant"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(where, None, f"the chat template rejects this conversation: {first}",
-                         fix="fix the conversation, or use --template plain", reason="template") from None
+                         fix=f"fix the conversation, or use {flag} plain", reason="template") from None
 
 
-def chat_spans(example: Example, tokenizer, where: str) -> tuple[str, list[tuple[int, int]]]:
+def chat_spans(example: Example, tokenizer, where: str, flag: str = "--template") -> tuple[str, list[tuple[int, int]]]:
     """The chat-template render and the char spans of its target messages.
 
     Assistant turn i is searched between two bounds: the render of the turns before it (with the
@@ -66,9 +67,10 @@ def chat_spans(example: Example, tokenizer, where: str) -> tuple[str, list[tuple
     prompt, or of a later turn, is thus never matched there. Where a template renders earlier turns
     differently in a longer conversation (so the prefix is not a prefix), the bounds fall back to
     the previous match and the end of the text. Non-target turns are not searched at all.
+    `flag` is the template option that errors suggest (see `resolve_template`).
     """
     messages = example.messages
-    text = _chat_text(tokenizer, messages, where)
+    text = _chat_text(tokenizer, messages, where, flag)
     spans: list[tuple[int, int]] = []
     cursor = 0
     for i, message in enumerate(messages):
@@ -76,17 +78,17 @@ def chat_spans(example: Example, tokenizer, where: str) -> tuple[str, list[tuple
             continue
         lower, upper = cursor, len(text)
         if i > 0:
-            prefix = _chat_text(tokenizer, messages[:i], where, generation_prompt=True)
+            prefix = _chat_text(tokenizer, messages[:i], where, flag, generation_prompt=True)
             if text.startswith(prefix):
                 lower = max(lower, len(prefix))
-        through = _chat_text(tokenizer, messages[: i + 1], where)
+        through = _chat_text(tokenizer, messages[: i + 1], where, flag)
         if text.startswith(through):
             upper = len(through)
         start, end = _find(text, message.content, lower, upper)
         if start < 0:
             raise InputError(
                 where, None, f"the chat template does not reproduce assistant turn {i} verbatim",
-                fix="use --template plain, or a model whose template keeps the response text", reason="template",
+                fix=f"use {flag} plain, or a model whose template keeps the response text", reason="template",
             )
         cursor = end
         spans.append((start, end))
@@ -161,13 +163,18 @@ def label_tokens(
 
 
 class Renderer:
-    """Turns examples into `Rendered` for one tokenizer and template; holds the per-tokenizer state."""
+    """Turns examples into `Rendered` for one tokenizer and template; holds the per-tokenizer state.
 
-    def __init__(self, tokenizer, template: str = "auto", max_length: int | None = None):
+    `flag` is the command-line option that chose the template, which errors suggest changing:
+    the scorer's `--template`, a reference's `--ref-template`.
+    """
+
+    def __init__(self, tokenizer, template: str = "auto", max_length: int | None = None, flag: str = "--template"):
         if not getattr(tokenizer, "is_fast", False):
             raise ConfigError("the tokenizer is not a fast tokenizer; tokensft needs offsets (tokenizer.json)")
         self.tokenizer = tokenizer
-        self.template = resolve_template(template, tokenizer)
+        self.template = resolve_template(template, tokenizer, flag)
+        self.flag = flag
         self.max_length = max_length
         self.special_ids = _special_ids(tokenizer)
 
@@ -176,7 +183,7 @@ class Renderer:
             text, spans = plain_spans(example, self.tokenizer)
             add_special = True  # the plain render gets the tokenizer's own BOS, if it adds one
         else:
-            text, spans = chat_spans(example, self.tokenizer, where)
+            text, spans = chat_spans(example, self.tokenizer, where, self.flag)
             add_special = False  # the template already wrote every special token it wants
         enc = self.tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
         input_ids = list(enc["input_ids"])

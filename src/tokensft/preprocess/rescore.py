@@ -16,11 +16,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from tokensft.errors import InputError
+from tokensft.core.counts import Counts
+from tokensft.core.dataset import flat_list
+from tokensft.core.errors import ConfigError, InputError
+from tokensft.core.schema import TEACHER_LOGPROB, TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS
 from tokensft.preprocess.formats import Example, Message
 from tokensft.preprocess.render import Rendered, Renderer
 from tokensft.preprocess.scorer import Scorer
-from tokensft.preprocess.shards import flat_list, list_array, topk_arrays
+from tokensft.preprocess.shards import list_array, topk_arrays
 
 
 def default_ref_name(spec: str) -> str:
@@ -31,8 +34,6 @@ def default_ref_name(spec: str) -> str:
 
 def check_ref_name(name: str) -> str:
     if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", name):
-        from tokensft.errors import ConfigError
-
         raise ConfigError(f"--ref-name {name!r}: use lowercase letters, digits and _ (it becomes a column name)")
     return name
 
@@ -50,17 +51,18 @@ def examples_from_table(table: pa.Table) -> list[Example]:
 
 def reference_columns(
     table: pa.Table, renderer: Renderer, scorer: Scorer, where: str, skip_invalid: bool,
-) -> tuple[dict[str, pa.Array], dict]:
+) -> tuple[dict[str, pa.Array], Counts]:
     """Mean target log-prob and target count of each row under a reference model.
 
-    Returns ({"mean_logprob": float32 (R,), "num_targets": int32 (R,)}, counts). A row the
+    Returns ({"mean_logprob": float32 (R,), "num_targets": int32 (R,)}, counts), counts being
+    Counts(scored, truncated, failed={reason: n}) (summed over shards into the metadata). A row the
     reference cannot render raises InputError unless `skip_invalid`, when it gets NaN / 0 and is
     counted by reason; so does a row left with no targets after the reference's truncation.
     """
     examples = examples_from_table(table)
     mean = np.full(len(examples), np.nan, dtype=np.float32)
     count = np.zeros(len(examples), dtype=np.int32)
-    stats = {"scored": 0, "truncated": 0, "failed": {}}
+    counts = Counts(scored=0, truncated=0, failed={})
     todo: list[tuple[int, Rendered]] = []
     for r, example in enumerate(examples):
         try:
@@ -69,20 +71,19 @@ def reference_columns(
                 raise InputError(f"{where}: example {example.id!r}", "messages",
                                  "no target tokens left in the reference's render" +
                                  (" after truncation" if rendered.truncated else ""),
-                                 fix="raise the reference's --max-length", reason="no_targets")
+                                 fix="raise --ref-max-length", reason="no_targets")
         except InputError as exc:
             if not skip_invalid:
                 raise
-            stats["failed"][exc.reason] = stats["failed"].get(exc.reason, 0) + 1
+            counts.add("failed", 1, exc.reason)
             continue
         todo.append((r, rendered))
     for (r, rendered), scored in zip(todo, scorer.score([t[1] for t in todo])):
         mean[r] = np.mean(scored.logprob[scored.target_positions], dtype=np.float64)
         count[r] = len(scored.target_positions)
-        stats["scored"] += 1
-        stats["truncated"] += int(rendered.truncated)
-    stats["targets"] = int(count.sum())  # for the progress bar's rate
-    return {"mean_logprob": pa.array(mean), "num_targets": pa.array(count)}, stats
+        counts.add("scored")
+        counts.add("truncated", int(rendered.truncated))
+    return {"mean_logprob": pa.array(mean), "num_targets": pa.array(count)}, counts
 
 
 def teacher_columns(table: pa.Table, scorer: Scorer) -> dict[str, pa.Array]:
@@ -97,7 +98,7 @@ def teacher_columns(table: pa.Table, scorer: Scorer) -> dict[str, pa.Array]:
     logprob = np.concatenate([s.logprob for s in scored]) if scored else np.zeros(0, np.float32)
     topk_ids, topk_logprobs = topk_arrays(scored)
     return {
-        "teacher_logprob": list_array(np.diff(offsets), logprob.astype(np.float32), pa.float32()),
-        "teacher_topk_ids": topk_ids,
-        "teacher_topk_logprobs": topk_logprobs,
+        TEACHER_LOGPROB: list_array(np.diff(offsets), logprob.astype(np.float32), pa.float32()),
+        TEACHER_TOPK_IDS: topk_ids,
+        TEACHER_TOPK_LOGPROBS: topk_logprobs,
     }

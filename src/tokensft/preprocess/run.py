@@ -20,58 +20,21 @@ import json
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from tokensft import __version__
-from tokensft.errors import ConfigError, InputError
+from tokensft.core.counts import Counts
+from tokensft.core.errors import InputError
 from tokensft.preprocess import output
-from tokensft.preprocess.formats import FormatSpec, detect_format, to_example
-from tokensft.preprocess.progress import Progress
+from tokensft.preprocess.formats import detect_format, to_example
+from tokensft.core.progress import Progress
 from tokensft.preprocess.readers import SourceRow, count_rows, detect_kind, input_fingerprint, iter_rows
 from tokensft.preprocess.render import Renderer
 from tokensft.preprocess.scorer import Scorer
-from tokensft.preprocess.shards import add_stats, build_table, empty_stats, write_shard
-from tokensft.schema import SCHEMA_VERSION, scored_schema
-
-
-@dataclass
-class ScoreConfig:
-    """Everything `tokensft score` takes; the CLI fills it from flags (help text lives in cli.py)."""
-
-    input: str
-    output: str
-    model: str = "smollm2-135m-instruct"
-    format: FormatSpec = field(default_factory=FormatSpec)
-    input_format: str | None = None  # jsonl | json | parquet | csv | hf-disk; None = by extension
-    template: str = "auto"
-    max_length: int | None = None
-    top_k: int = 0
-    batch_tokens: int | None = None  # None: 1024 on CPU, 8192 on CUDA (see scorer.default_batch_tokens)
-    chunk_size: int = 256  # target rows per lm_head + log-softmax chunk
-    shard_size: int = 1000  # input rows per shard
-    dtype: str = "auto"
-    device: str = "auto"
-    rank: int = 0
-    world_size: int = 1
-    overwrite: bool = False
-    resume: bool = True
-    skip_invalid: bool = False
-    quiet: bool = False
-    command: str = ""
-
-    def validate(self) -> None:
-        if self.max_length is not None and self.max_length < 2:
-            raise ConfigError(f"--max-length {self.max_length}: must be at least 2")
-        if self.top_k < 0:
-            raise ConfigError(f"--top-k {self.top_k}: must be >= 0")
-        if (self.batch_tokens is not None and self.batch_tokens < 1) or self.chunk_size < 1 or self.shard_size < 1:
-            raise ConfigError("--batch-tokens, --chunk-size and --shard-size must be positive")
-        if not 0 <= self.rank < self.world_size:
-            raise ConfigError(f"--rank {self.rank} --world-size {self.world_size}: need 0 <= rank < world size")
-        if self.world_size > 1 and (self.overwrite or not self.resume):
-            # every rank would wipe the output, deleting shards the others just wrote
-            raise ConfigError("--overwrite/--no-resume with several ranks: delete the output directory first instead")
+from tokensft.preprocess.config import ScoreConfig
+from tokensft.preprocess.shards import build_table, scoring_counts, write_shard
+from tokensft.core.schema import SCHEMA_VERSION, scored_schema
 
 
 def _fingerprint(identity: dict) -> str:
@@ -102,7 +65,7 @@ def score(config: ScoreConfig) -> dict:
 
     Returns a summary dict: status, output, this rank's counts and, when finished, the metadata.
     """
-    from tokensft.preprocess.models import load_model, tokenizer_fingerprint  # deferred: imports torch
+    from tokensft.core.models import load_model, tokenizer_fingerprint  # deferred: imports torch
 
     config.validate()
     from transformers.utils import logging as hf_logging
@@ -173,7 +136,7 @@ def score(config: ScoreConfig) -> dict:
 
 def _score_chunks(config, kind, fmt, renderer, scorer, schema, directory, pending, num_rows) -> dict:
     """Score every chunk in `pending`, streaming the input once; returns this rank's counts."""
-    totals = empty_stats()
+    totals = scoring_counts()
     rows_todo = sum(min(config.shard_size, num_rows - k * config.shard_size) for k in pending)
     progress = Progress(total_rows=rows_todo, disable=config.quiet)
     chunk_rows: list[SourceRow] = []
@@ -181,13 +144,13 @@ def _score_chunks(config, kind, fmt, renderer, scorer, schema, directory, pendin
     for row in iter_rows(config.input, kind=kind):
         k = row.index // config.shard_size
         if k != current and chunk_rows:
-            totals = add_stats(totals, _score_chunk(config, fmt, renderer, scorer, schema, directory, current, chunk_rows, progress))
+            totals.merge(_score_chunk(config, fmt, renderer, scorer, schema, directory, current, chunk_rows, progress))
             chunk_rows = []
         current = k
         if k in pending:
             chunk_rows.append(row)
     if chunk_rows:
-        totals = add_stats(totals, _score_chunk(config, fmt, renderer, scorer, schema, directory, current, chunk_rows, progress))
+        totals.merge(_score_chunk(config, fmt, renderer, scorer, schema, directory, current, chunk_rows, progress))
     for k in sorted(pending - output.finished_chunks(directory)):
         # the row count promised rows this chunk never got (e.g. a line only of odd whitespace):
         # an empty shard keeps the output finishable, and the counts show what was read
@@ -197,8 +160,7 @@ def _score_chunks(config, kind, fmt, renderer, scorer, schema, directory, pendin
 
 
 def _score_chunk(config, fmt, renderer, scorer, schema, directory, chunk, rows, progress) -> dict:
-    stats = empty_stats()
-    stats["read"] = len(rows)
+    stats = scoring_counts().add("read", len(rows))
     examples, rendered = [], []
     for row in rows:
         try:
@@ -228,8 +190,8 @@ def _score_chunk(config, fmt, renderer, scorer, schema, directory, chunk, rows, 
     return stats
 
 
-def _skip(stats: dict, reason: str, row: SourceRow, config: ScoreConfig, always: bool = False) -> None:
+def _skip(stats: Counts, reason: str, row: SourceRow, config: ScoreConfig, always: bool = False) -> None:
     """Count a skipped row by reason; rows with no targets are always skipped (and counted)."""
-    stats["skipped"][reason] = stats["skipped"].get(reason, 0) + 1
+    stats.add("skipped", 1, reason)
     if not config.quiet and always:
         print(f"warning: {row.where}: skipped, {reason.replace('_', ' ')}", file=sys.stderr)

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tokensft.errors import ModelError
+from tokensft.core.errors import ModelError
 from tokensft.preprocess.render import Rendered
-from tokensft.preprocess.scoring import LogitHead, score_hidden
-from tokensft.schema import IGNORE_INDEX
+from tokensft.core.head import LogitHead
+from tokensft.preprocess.scoring import score_hidden
+from tokensft.core.schema import IGNORE_INDEX
 
 
 @dataclass

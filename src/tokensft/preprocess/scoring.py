@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tokensft.core.head import LogitHead
+
 
 @dataclass
 class TokenScores:
@@ -27,32 +29,6 @@ class TokenScores:
     rank: torch.Tensor  # (N,) int32
     topk_ids: torch.Tensor | None  # (N, K) int32, or None without top-k
     topk_logprobs: torch.Tensor | None  # (N, K) float32
-
-
-class LogitHead:
-    """The model's hidden -> logits map: lm_head, then the per-architecture extras.
-
-    Covers a plain lm_head (Llama, Qwen, Mistral, SmolLM), a logit scale (Cohere) and a final
-    softcap (Gemma 2/3). The scorer checks it once against the full forward of the model, so an
-    architecture with another extra is refused instead of scored wrongly.
-    """
-
-    def __init__(self, model):
-        self.proj = model.get_output_embeddings()
-        if self.proj is None:
-            raise ValueError(f"{type(model).__name__} has no output embeddings (lm_head)")
-        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        self.softcap = getattr(config, "final_logit_softcapping", None)
-        scale = getattr(model, "logit_scale", None)
-        self.scale = float(scale) if isinstance(scale, (int, float)) else None
-
-    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.proj(hidden).float()  # (c, V)
-        if self.scale is not None:
-            logits = logits * self.scale
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
 
 
 def score_logits(logits: torch.Tensor, targets: torch.Tensor, top_k: int) -> TokenScores:

@@ -1,4 +1,5 @@
-"""Shard files of a scored dataset: Arrow tables built from scored examples, written atomically.
+"""Writing the shards of a scored dataset: Arrow tables built from scored examples, written atomically.
+(Reading them is `tokensft.core.dataset`.)
 
 Chunk k of the input (rows [k*S, (k+1)*S)) becomes `data-{k:05d}.arrow`, an Arrow IPC stream as
 `datasets` writes it. A shard is written under a temporary name, fsynced and renamed, so a shard
@@ -10,35 +11,21 @@ finished dataset's counts are the sum over shards with no other bookkeeping to k
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
-from tokensft.errors import ConfigError
-from tokensft.fileio import atomic_write
+from tokensft.core.counts import Counts
+from tokensft.core.dataset import shard_name
+from tokensft.core.fileio import atomic_write
+from tokensft.core.schema import CHUNK_KEY, MESSAGE_TYPE, TOPK_IDS, TOPK_LOGPROBS
 from tokensft.preprocess.formats import Example
 
 if TYPE_CHECKING:  # scorer imports torch: seconds that enriching masks never needs
     from tokensft.preprocess.scorer import ScoredExample
-from tokensft.schema import MESSAGE_TYPE, METADATA_KEY
-
-CHUNK_KEY = b"tokensft_chunk"
-SHARD_RE = re.compile(r"^data-(\d{5,})\.arrow$")
-
-
-def shard_name(chunk: int) -> str:
-    return f"data-{chunk:05d}.arrow"
-
-
-def finished_chunks(directory: Path) -> set[int]:
-    """Chunks whose shard exists (complete by construction: shards appear only by rename)."""
-    if not directory.is_dir():
-        return set()
-    return {int(m.group(1)) for p in directory.iterdir() if (m := SHARD_RE.match(p.name))}
 
 
 def _offsets(lengths: Sequence[int]) -> pa.Array:
@@ -51,40 +38,6 @@ def list_array(lengths: Sequence[int], values: np.ndarray | pa.Array, value_type
     if not isinstance(values, pa.Array):
         values = pa.array(values, type=value_type)
     return pa.ListArray.from_arrays(_offsets(lengths), values)
-
-
-def flat_list(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """(values, offsets) of a list column: row r is values[offsets[r]:offsets[r + 1]]; offsets (R + 1,) int64."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    offsets = array.offsets.to_numpy().astype(np.int64)
-    values = array.values.slice(offsets[0], offsets[-1] - offsets[0])
-    return values.to_numpy(zero_copy_only=False), offsets - offsets[0]
-
-
-def read_table(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
-    """A shard's rows (optionally only `columns`), schema metadata included."""
-    try:
-        with pa.memory_map(str(path)) as source:
-            table = pa.ipc.open_stream(source).read_all()
-    except pa.ArrowInvalid as exc:
-        raise _damaged(path, exc) from None
-    return table.select(list(columns)) if columns is not None else table
-
-
-def read_schema(path: Path) -> pa.Schema:
-    """A shard's schema (column names, types, metadata) without reading its rows."""
-    try:
-        with pa.memory_map(str(path)) as source:
-            return pa.ipc.open_stream(source).schema
-    except pa.ArrowInvalid as exc:
-        raise _damaged(path, exc) from None
-
-
-def _damaged(path: Path, exc: Exception) -> ConfigError:
-    """Shards are written atomically, so an unreadable one was damaged or replaced afterwards."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return ConfigError(f"{path}: not a readable Arrow shard ({first}); it was changed after tokensft wrote it: "
-                       "restore it or re-score the dataset")
 
 
 def _cat(arrays: list[np.ndarray], dtype) -> np.ndarray:
@@ -114,8 +67,8 @@ def build_table(examples: Sequence[Example], scored: Sequence[ScoredExample], sc
         "entropy": list_array(lengths, _cat([s.entropy for s in scored], np.float32), pa.float32()),
         "rank": list_array(lengths, _cat([s.rank for s in scored], np.int32), pa.int32()),
     }
-    if "topk_ids" in schema.names:
-        columns["topk_ids"], columns["topk_logprobs"] = topk_arrays(scored)
+    if TOPK_IDS in schema.names:
+        columns[TOPK_IDS], columns[TOPK_LOGPROBS] = topk_arrays(scored)
     columns["num_tokens"] = pa.array(np.array(lengths, dtype=np.int32))
     columns["num_targets"] = pa.array(num_targets)
     columns["mean_logprob"] = pa.array(mean_logprob)
@@ -141,7 +94,7 @@ def topk_arrays(scored: Sequence[ScoredExample]) -> tuple[pa.Array, pa.Array]:
             list_array(lengths, list_array(flat_counts, lp_values, pa.float16()), None))
 
 
-def write_shard(directory: Path, chunk: int, table: pa.Table, stats: dict) -> Path:
+def write_shard(directory: Path, chunk: int, table: pa.Table, stats: Mapping) -> Path:
     """Write chunk `chunk` atomically (temp file, fsync, rename). Returns the final path."""
     schema = table.schema.with_metadata({**(table.schema.metadata or {}), CHUNK_KEY: json.dumps(stats).encode()})
     final = directory / shard_name(chunk)
@@ -151,21 +104,6 @@ def write_shard(directory: Path, chunk: int, table: pa.Table, stats: dict) -> Pa
     return final
 
 
-def read_shard_info(path: Path) -> tuple[dict, dict]:
-    """(run metadata, chunk stats) from a shard's schema, without reading its rows."""
-    meta = read_schema(path).metadata or {}
-    return json.loads(meta.get(METADATA_KEY, b"{}")), json.loads(meta.get(CHUNK_KEY, b"{}"))
-
-
-def empty_stats() -> dict:
-    return {"read": 0, "written": 0, "skipped": {}, "truncated": 0, "tokens": 0, "targets": 0}
-
-
-def add_stats(total: dict, part: dict) -> dict:
-    """Sum two stats dicts (skipped is a dict of counts by reason)."""
-    out = {key: total.get(key, 0) + part.get(key, 0) for key in ("read", "written", "truncated", "tokens", "targets")}
-    skipped = dict(total.get("skipped", {}))
-    for reason, n in part.get("skipped", {}).items():
-        skipped[reason] = skipped.get(reason, 0) + n
-    out["skipped"] = dict(sorted(skipped.items()))
-    return out
+def scoring_counts() -> Counts:
+    """A chunk's counts, every key present even when 0 (summed over shards by `output.finish`)."""
+    return Counts(read=0, written=0, skipped={}, truncated=0, tokens=0, targets=0)

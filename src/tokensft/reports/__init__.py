@@ -2,9 +2,19 @@
 
     write_report(DIR, REPORT)   # REPORT/index.html (offline, self-contained), summary.json, examples.parquet
 
-The numbers come from tokensft.analysis; this package draws and arranges them.
+The numbers come from tokensft.analysis; this package draws and arranges them (build, sections,
+plots, tokens, html), and words what the commands print (inspect, console).
 """
 
-from tokensft.reports.build import REPORT_FILES, write_report
+
+def __getattr__(name: str):
+    # build imports pandas and matplotlib (a second or more): only when a report is made, not for
+    # `tokensft.reports.console`, which every command uses to print its summary
+    if name in ("REPORT_FILES", "write_report"):
+        from tokensft.reports import build
+
+        return getattr(build, name)
+    raise AttributeError(name)
+
 
 __all__ = ["REPORT_FILES", "write_report"]

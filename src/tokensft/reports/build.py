@@ -19,23 +19,40 @@ import pandas as pd
 from tokensft import __version__
 from tokensft.analysis import (cdf, classify_vocab, compare, enrichment_parts, entropy_vs_probability, jsonable,
                                load_targets, probability_histogram, summary, token_strings)
-from tokensft.analysis.inspect_data import tokenizer_for
-from tokensft.errors import ConfigError
-from tokensft.fileio import exchange_dirs, temp_sibling
+from tokensft.core.dataset import load_metadata, read_rows, tokenizer_for
+from tokensft.core.errors import ConfigError
+from tokensft.core.fileio import exchange_dirs, temp_sibling
+from tokensft.core.progress import Stages
 from tokensft.reports import plots
 from tokensft.reports.html import img, page, table
 from tokensft.reports.sections import (compare_section, continuum_section, enrichment_sections, examples_section,
                                        overview_section, per_example_frame)
+from tokensft.reports.tokens import pick_examples
 
 REPORT_FILES = {"index.html", "summary.json", "examples.parquet"}
 COMPARE_ROWS = 30  # tokens moved and examples changed kept in summary.json (examples.parquet has every example)
 
 
 def write_report(directory: str, output: str, compare_with: str | None = None, model: str | None = None,
-                 examples: int = 8, seed: int = 0) -> dict:
-    """Build the report of `directory` into `output`; returns {"output", "index", "summary"}."""
+                 examples: int = 8, seed: int = 0, quiet: bool = False) -> dict:
+    """Build the report of `directory` into `output`; returns {"output", "index", "summary"}.
+
+    The inputs and the output are checked first (a one-line error before any work); a progress bar
+    on stderr then follows the stages (quiet=True: none)."""
     began = time.perf_counter()
+    for path in (directory, compare_with):
+        if path is not None:
+            load_metadata(path)
+    _check_output(Path(output))
+    with Stages(["reading targets", "analysis", "figures", "page", "writing"], disable=quiet) as stages:
+        return _build(directory, Path(output), compare_with, model, examples, seed, stages, began)
+
+
+def _build(directory: str, output: Path, compare_with: str | None, model: str | None, examples: int, seed: int,
+           stages: Stages, began: float) -> dict:
+    """The stages of write_report: read, analyse, draw, lay out, write."""
     t = load_targets(directory)
+    stages.next()
     tokenizer = tokenizer_for(t.meta, model)
     classes = classify_vocab(tokenizer) if tokenizer is not None else None
     parts = enrichment_parts(t, classes)
@@ -48,6 +65,7 @@ def write_report(directory: str, output: str, compare_with: str | None = None, m
     data["report"] = {"tokensft_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                       "tokenizer": None if tokenizer is None else type(tokenizer).__name__,
                       "token_classes": classes is not None}
+    stages.next()
 
     hist = probability_histogram(t)
     binned, sample = entropy_vs_probability(t)
@@ -66,12 +84,14 @@ def write_report(directory: str, output: str, compare_with: str | None = None, m
     sections.append(examples_section(t, data, tokenizer, examples, seed, _input_ids(t, examples, seed)))
     if moved is not None:
         sections.append(compare_section(moved, directory, compare_with, token_strings(tokenizer, moved["tokens_moved"]["token_id"][:30])))
+    stages.next()
     html = page(f"tokensft report: {Path(directory).name}",
                 f"{t.num_targets:,} targets in {t.num_examples:,} examples scored by {data['overview']['model']} "
                 f"· tokensft {__version__}", sections)
     frame = per_example_frame(t, masks, refs, teacher, moved)
     data["report"]["seconds"] = round(time.perf_counter() - began, 3)  # everything but writing the files
-    _write_atomically(Path(output), html, data, frame)
+    stages.next()
+    _write_atomically(output, html, data, frame)
     return {"output": str(output), "index": str(Path(output) / "index.html"), "summary": data}
 
 
@@ -86,28 +106,20 @@ def _position_and_class(data: dict) -> str:
 
 
 def _input_ids(t, n: int, seed: int) -> dict[int, list[int]]:
-    """input_ids of the examples the page renders, read from the shards as load_targets reads them."""
-    from tokensft.analysis.targets import shard_paths
-    from tokensft.preprocess.shards import read_table
-    from tokensft.reports.tokens import pick_examples
+    """input_ids of the examples the page renders (the only rows whose tokens it shows)."""
+    return read_rows(Path(t.path), t.meta, [row for row, _ in pick_examples(t, n, seed)], "input_ids")
 
-    wanted, out, base = sorted({row for row, _ in pick_examples(t, n, seed)}), {}, 0
-    for shard in shard_paths(Path(t.path), t.meta):
-        if not wanted or base > wanted[-1]:
-            break
-        column = read_table(shard, ["input_ids"])["input_ids"]
-        for row in wanted:
-            if base <= row < base + len(column):
-                out[row] = column[row - base].as_py()
-        base += len(column)
-    return out
+
+def _check_output(output: Path) -> None:
+    """An --output is new or a report: a report replaces only what a report holds."""
+    if output.exists() and (not output.is_dir() or set(p.name for p in output.iterdir()) - REPORT_FILES):
+        raise ConfigError(f"{output}: exists and is not a tokensft report (it holds other files); choose another --output")
 
 
 def _write_atomically(output: Path, html: str, data: dict, frame: pd.DataFrame) -> None:
     """Write the three files to a sibling directory, then put it in place of `output`."""
     output = output.resolve()
-    if output.exists() and (not output.is_dir() or set(p.name for p in output.iterdir()) - REPORT_FILES):
-        raise ConfigError(f"{output}: exists and is not a tokensft report (it holds other files); choose another --output")
+    _check_output(output)  # again: something may have been written there meanwhile
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = temp_sibling(output)
     staging.mkdir()

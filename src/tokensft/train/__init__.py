@@ -1,0 +1,12 @@
+"""The training stage: weighted, masked or soft-target SFT from a scored (and enriched) dataset.
+
+    objectives   the catalogue: every objective's spec, formula, source and defaults (no torch)
+    losses       their math, one pure function each
+    chunked      per-target terms from the lm_head in checkpointed chunks (never [B, T, V] logits)
+    loss         one micro-batch's loss, normalized over the whole optimizer step
+    data         checks, split, order, padded micro-batches; config: TrainConfig
+    loop         `tokensft train`, on accelerate; checkpoints, progress
+    interop      the same loss inside transformers.Trainer or TRL's SFTTrainer
+
+It reads the dataset through `tokensft.core` and never imports `tokensft.preprocess`.
+"""

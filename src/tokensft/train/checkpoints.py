@@ -17,7 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
-from tokensft.errors import ConfigError
+from tokensft.core.errors import ConfigError
 
 STATE_FILE = "trainer_state.json"
 # what a resumed run must share with the checkpointed one (batch_size x grad_accum x processes enter as global_batch)

@@ -3,8 +3,8 @@
     hidden  (N, H)  final hidden states before each target (gathered by the caller)
     for each chunk of c rows:
         logits = head(hidden[chunk])               # (c, V) float32, recomputed in backward
-        logp   = logits[y] - logsumexp(logits)     # (c,)
-        + prior_logp (c, K), self_ce (c,), uniform_ce (c,) when the objective needs them
+        logprob = logits[y] - logsumexp(logits)    # (c,)
+        + prior_logprob (c, K), self_ce (c,), uniform_ce (c,) when the objective needs them
     all from one exp pass, with one fused (c, V) gradient (see _ChunkTerms)
 
 Each chunk runs under activation checkpointing: autograd keeps only the chunk's hidden rows and
@@ -20,8 +20,8 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from tokensft.preprocess.scoring import LogitHead
-from tokensft.train.objectives import TokenTerms
+from tokensft.core.head import LogitHead
+from tokensft.train.losses import TokenTerms
 
 
 _recomputing = 0  # > 0 while checkpoint re-runs a chunk in the backward pass
@@ -45,9 +45,9 @@ def _contexts():
 class _ChunkTerms(torch.autograd.Function):
     """Every term of a chunk from its logits (c, V) in one exp pass, with a fused backward.
 
-    forward:  log Z = logsumexp(logits); logp = logits[y] - log Z (c,); prior_logp = logits[ids] - log Z
+    forward:  log Z = logsumexp(logits); logprob = logits[y] - log Z (c,); prior_logprob = logits[ids] - log Z
               (c, K); self_ce = -sum_v p_v log p_v (c,), a value only; uniform_ce = log Z - mean(logits) (c,)
-    backward: d/d logits = softmax * (g_uniform - g_logp - sum_k g_prior_k) + scatter(y, g_logp)
+    backward: d/d logits = softmax * (g_uniform - g_logprob - sum_k g_prior_k) + scatter(y, g_logprob)
               + scatter(ids, g_prior) - g_uniform / V, built in one (c, V) buffer. self_ce carries no
               gradient: as the self prior's -sum sg(p) log p, its logit gradient is exactly 0 (p - p sum p).
     Autograd's own graph for the same terms would add a (c, V) gradient per term, then sum them.
@@ -61,23 +61,23 @@ class _ChunkTerms(torch.autograd.Function):
         e = torch.sub(logits, top).exp_()  # (c, V) exp(logit - max)
         total = e.sum(dim=-1)  # (c,)
         log_z = top.squeeze(-1) + total.log()  # (c,)
-        logp = logits.gather(1, targets[:, None]).squeeze(1) - log_z
+        logprob = logits.gather(1, targets[:, None]).squeeze(1) - log_z
         empty = logits.new_empty(0)
-        prior_logp = logits.gather(1, prior_ids) - log_z[:, None] if prior_ids is not None else empty
+        prior_logprob = logits.gather(1, prior_ids) - log_z[:, None] if prior_ids is not None else empty
         # -sum p log p = log Z - sum p * logit, with p = e / total; skipped on the recompute
         self_ce = (log_z - torch.linalg.vecdot(e, logits) / total if not _recomputing else torch.zeros_like(log_z)) \
             if want_self else empty
         uniform_ce = log_z - logits.mean(dim=-1) if want_uniform else empty
         ctx.save_for_backward(logits, log_z, targets, prior_ids)
         ctx.mark_non_differentiable(self_ce)
-        return logp, prior_logp, self_ce, uniform_ce
+        return logprob, prior_logprob, self_ce, uniform_ce
 
     @staticmethod
-    def backward(ctx, g_logp, g_prior, _g_self, g_uniform):
+    def backward(ctx, g_logprob, g_prior, _g_self, g_uniform):
         logits, log_z, targets, prior_ids = ctx.saved_tensors
         coef = torch.zeros_like(log_z)  # (c,) what multiplies the softmax in each row
-        if g_logp is not None:
-            coef -= g_logp
+        if g_logprob is not None:
+            coef -= g_logprob
         if prior_ids is not None and g_prior is not None:
             coef -= g_prior.sum(dim=-1)
         if g_uniform is not None and g_uniform.numel():
@@ -85,8 +85,8 @@ class _ChunkTerms(torch.autograd.Function):
         grad = torch.sub(logits, log_z[:, None]).exp_().mul_(coef[:, None])  # (c, V) softmax * coef
         if g_uniform is not None and g_uniform.numel():
             grad.sub_(g_uniform[:, None] / logits.shape[-1])
-        if g_logp is not None:
-            grad.scatter_add_(1, targets[:, None], g_logp[:, None])
+        if g_logprob is not None:
+            grad.scatter_add_(1, targets[:, None], g_logprob[:, None])
         if prior_ids is not None and g_prior is not None:
             grad.scatter_add_(1, prior_ids, g_prior)
         return grad, None, None, None, None
@@ -96,10 +96,10 @@ def _chunk_terms(hidden: torch.Tensor, targets: torch.Tensor, prior_ids: torch.T
                  head: LogitHead, self_ce: bool, uniform_ce: bool) -> tuple[torch.Tensor, ...]:
     """The terms of one chunk: hidden (c, H), targets (c,), prior_ids (c, K) or None."""
     logits = head(hidden)  # (c, V) float32
-    logp, prior_logp, entropy, uniform = _ChunkTerms.apply(logits, targets, prior_ids, self_ce, uniform_ce)
-    out = [logp]
+    logprob, prior_logprob, entropy, uniform = _ChunkTerms.apply(logits, targets, prior_ids, self_ce, uniform_ce)
+    out = [logprob]
     if prior_ids is not None:
-        out.append(prior_logp)
+        out.append(prior_logprob)
     if self_ce:
         out.append(entropy)
     if uniform_ce:
@@ -129,9 +129,9 @@ def target_terms(
         parts = [_chunk_terms(hidden[:0], targets[:0], prior_ids[:0] if prior_ids is not None else None,
                               head, self_ce, uniform_ce)]
     columns = [torch.cat(column) for column in zip(*parts)]
-    terms = TokenTerms(logp=columns.pop(0))
+    terms = TokenTerms(logprob=columns.pop(0))
     if prior_ids is not None:
-        terms.prior_logp = columns.pop(0)
+        terms.prior_logprob = columns.pop(0)
         # renormalize the stored top-k to a distribution over its K ids (Target-SFT's pi)
         terms.prior_probs = torch.softmax(prior_logprobs.float(), dim=-1).nan_to_num(0.0)
     if self_ce:

@@ -5,9 +5,9 @@
     settings_file("run.yaml")  # {field: value} from a JSON or YAML file (`tokensft train --config`)
 
 Precedence: the dataclass defaults, then a --config file, then explicit flags. The help text
-lives in cli.py; the resolved config is saved as OUTPUT/train_config.json, which --config reads
-back (its data, output, total_steps and world_size are ignored: data and output come from the
-command line, the others are derived).
+lives in cli.py (the objectives' in objectives.objectives_help); the resolved config is saved as
+OUTPUT/train_config.json, which --config reads back (its data, output, total_steps and world_size
+are ignored: data and output come from the command line, the others are derived).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from tokensft.errors import ConfigError
+from tokensft.core.errors import ConfigError
+from tokensft.train.objectives import NORMALIZE, parse_objective
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -56,8 +57,6 @@ class TrainConfig:
 
     def validate(self) -> None:
         """A ConfigError naming the flag for every value that would fail later or be silently ignored."""
-        from tokensft.train.objectives import NORMALIZE, parse_objective  # torch: only once training
-
         objective = parse_objective(self.objective)
         if self.normalize is not None and self.normalize not in NORMALIZE:
             raise ConfigError(f"--normalize {self.normalize!r}: use one of {', '.join(NORMALIZE)}")

@@ -19,18 +19,28 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from tokensft.errors import ConfigError
-from tokensft.preprocess.masks import parse_mask
-from tokensft.schema import IGNORE_INDEX, load, load_metadata
+from tokensft.core.errors import ConfigError
+from tokensft.core.masks import parse_mask
+from tokensft.core.dataset import load, load_metadata
+from tokensft.core.schema import IGNORE_INDEX, PRIOR_COLUMNS, ref_column
 from tokensft.train.objectives import Objective
 
 
 @dataclass
 class Columns:
     mask: str | None = None  # mask_<name>
-    prior_ids: str | None = None  # topk_ids | teacher_topk_ids
-    prior_logprobs: str | None = None
-    ref: str | None = None  # ref_mean_logprob | ref_<name>_mean_logprob
+    prior_ids: str | None = None  # PRIOR_COLUMNS[prior][0]: topk_ids | teacher_topk_ids
+    prior_logprobs: str | None = None  # PRIOR_COLUMNS[prior][1]
+    ref: str | None = None  # ref_column(name): ref_mean_logprob | ref_<name>_mean_logprob
+
+
+def _missing_prior(directory: str, prior: str) -> str:
+    """How to add the sparse top-k a qtarget prior reads."""
+    if prior == "scorer":
+        return (f"{directory}: qtarget prior=scorer needs the scorer's top-k; re-score with "
+                "`tokensft score ... --top-k 20` (or use prior=teacher/self/uniform)")
+    return (f"{directory}: qtarget prior=teacher needs a teacher; add one with "
+            f"`tokensft enrich {directory} --teacher MODEL --top-k 20`")
 
 
 def needed_columns(directory: str, objective: Objective, mask: str | None, ref: str | None, names: set[str]) -> Columns:
@@ -41,18 +51,12 @@ def needed_columns(directory: str, objective: Objective, mask: str | None, ref: 
         if cols.mask not in names:
             raise ConfigError(f"{directory}: no column {cols.mask}; add it with `tokensft enrich {directory} --mask "
                               f"'{parse_mask(mask).spec}'`")
-    if objective.prior == "scorer":
-        cols.prior_ids, cols.prior_logprobs = "topk_ids", "topk_logprobs"
-        if "topk_ids" not in names:
-            raise ConfigError(f"{directory}: qtarget prior=scorer needs the scorer's top-k; re-score with "
-                              "`tokensft score ... --top-k 20` (or use prior=teacher/self/uniform)")
-    if objective.prior == "teacher":
-        cols.prior_ids, cols.prior_logprobs = "teacher_topk_ids", "teacher_topk_logprobs"
-        if "teacher_topk_ids" not in names:
-            raise ConfigError(f"{directory}: qtarget prior=teacher needs a teacher; add one with "
-                              f"`tokensft enrich {directory} --teacher MODEL --top-k 20`")
-    if objective.name == "poft":
-        cols.ref = f"ref_{ref}_mean_logprob" if ref else "ref_mean_logprob"
+    if objective.prior in PRIOR_COLUMNS:  # teacher | scorer: a stored sparse top-k
+        cols.prior_ids, cols.prior_logprobs = PRIOR_COLUMNS[objective.prior]
+        if cols.prior_ids not in names:
+            raise ConfigError(_missing_prior(directory, objective.prior))
+    if objective.sequence_level:  # poft: the reference's mean target log-prob
+        cols.ref = ref_column(ref or None)
         if cols.ref not in names:
             raise ConfigError(f"{directory}: poft needs {cols.ref}; add references with "
                               f"`tokensft enrich {directory} --ref MODEL" + (f" --ref-name {ref}`" if ref else "`"))

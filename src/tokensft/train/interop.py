@@ -32,12 +32,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from tokensft.errors import ConfigError
-from tokensft.schema import IGNORE_INDEX, TOPK_IDS_TYPE, load, load_metadata
+from tokensft.core.errors import ConfigError
+from tokensft.core.dataset import load, load_metadata
+from tokensft.core.schema import IGNORE_INDEX, TOPK_IDS_TYPE
 from tokensft.train.chunked import target_terms
 from tokensft.train.data import Columns, collate_rows, needed_columns
 from tokensft.train.loss import Denominator, count_batch, micro_batch_loss
-from tokensft.train.objectives import Objective, parse_objective, token_loss
+from tokensft.train.losses import token_loss
+from tokensft.train.objectives import Objective, parse_objective
 
 EXTRA = "tokensft"  # the batch entry carrying mask / prior / reference tensors and the example ids
 # dataset column -> collate_rows' Columns field, for the renamed columns of trainer_dataset
@@ -59,7 +61,7 @@ def trainer_dataset(directory: str, objective: str | Objective = "nll", mask: st
     tokensft_ref_logprob (poft). A missing column is a ConfigError naming the enrich command;
     with `tokenizer`, its token fingerprint must equal the dataset's.
     """
-    from tokensft.preprocess.models import tokenizer_fingerprint
+    from tokensft.core.models import tokenizer_fingerprint
 
     meta = load_metadata(directory)
     dataset = load(directory)
@@ -175,9 +177,8 @@ class TokenSFTMixin:
         world = self.accelerator.num_processes
         if world > 1:
             counts = self.accelerator.reduce(counts.to(self.accelerator.device), reduction="sum").cpu()
-        static_kept = self.tokensft_objective.name not in ("threshold", "profit")
-        return batch_samples, Denominator(float(counts[0]), float(counts[1]), float(counts[2]) if static_kept else None,
-                                          len(batch_samples), world)
+        kept = None if self.tokensft_objective.online_kept else float(counts[2])
+        return batch_samples, Denominator(float(counts[0]), float(counts[1]), kept, len(batch_samples), world)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         extras = inputs.pop(EXTRA, {})
@@ -186,8 +187,8 @@ class TokenSFTMixin:
         denominator = num_items_in_batch
         if not isinstance(denominator, Denominator):  # evaluation (or a caller of its own): this batch alone
             c = count_batch(batch)
-            static_kept = self.tokensft_objective.name not in ("threshold", "profit")
-            denominator = Denominator(c["targets"], c["sequences"], c["kept"] if static_kept else None, 1, 1)
+            kept = None if self.tokensft_objective.online_kept else c["kept"]
+            denominator = Denominator(c["targets"], c["sequences"], kept, 1, 1)
         # the forward goes through the (possibly DDP-wrapped) model, so gradient sync works; it
         # returns the final hidden states and logits for one position only (logits_to_keep=1)
         outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from tokensft.errors import ConfigError, TokensftError
-from tokensft.fileio import atomic_write
-from tokensft.schema import IGNORE_INDEX
+from tokensft.core.errors import ConfigError, TokensftError
+from tokensft.core.fileio import atomic_write
+from tokensft.core.schema import IGNORE_INDEX
 from tokensft.train import checkpoints
 from tokensft.train.config import TrainConfig
 from tokensft.train.data import TrainData
@@ -80,7 +80,7 @@ def train(config: TrainConfig) -> dict:
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from tokensft.preprocess.models import load_tokenizer, resolve_model_dir, tokenizer_fingerprint
+    from tokensft.core.models import load_tokenizer, resolve_model_dir, tokenizer_fingerprint
     from tokensft.train.progress import StepLog
 
     config.validate()
@@ -125,19 +125,20 @@ def train(config: TrainConfig) -> dict:
     log = StepLog(output / "metrics.jsonl", total, start, disable=config.quiet or not accelerator.is_main_process,
                   main=accelerator.is_main_process)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    static_kept = objective.name not in ("threshold", "profit")
     # an online kept count (thresholds under kept-targets) is only known after the forward passes:
     # the micro-batches backward their sums and the gradients are divided by the step's global
     # count, so the step is the same however it is split. DeepSpeed owns the gradients: there each
-    # micro-batch divides by its own count instead (as BLL's verl trainer does)
-    rescale = normalize == "kept-targets" and not static_kept and accelerator.distributed_type != DistributedType.DEEPSPEED
+    # micro-batch divides by its own count instead (see tokensft.train.loss)
+    rescale = (normalize == "kept-targets" and objective.online_kept
+               and accelerator.distributed_type != DistributedType.DEEPSPEED)
     last = {}
     for step in range(start, total):
         began = time.perf_counter()
         drawn = data.step_indices(step, global_batch, config.seed, budget)
         batches = _micro_batches(data, drawn, accelerator.process_index, world, config.batch_size, pad_id)
         counts = accelerator.reduce(_counts(batches).to(accelerator.device), reduction="sum").tolist()
-        denominator = Denominator(counts[0], counts[1], counts[2] if static_kept else None, len(batches), world, rescale)
+        denominator = Denominator(counts[0], counts[1], None if objective.online_kept else counts[2], len(batches),
+                                  world, rescale)
         sums, losses = {}, []
         module.train()
         for i, batch in enumerate(batches):
@@ -168,12 +169,12 @@ def train(config: TrainConfig) -> dict:
         totals["loss"] /= float(kept_total)
         last = _metrics(step + 1, total, totals, lr, float(grad_norm), time.perf_counter() - began, counts[0])
         if config.eval_every and (step + 1) % config.eval_every == 0 and len(data.eval_indices):
-            last.update(evaluate(module, data, config, accelerator, pad_id, static_kept))
+            last.update(evaluate(module, data, config, accelerator, pad_id))
         log.write(last)
         if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < total:
             checkpoints.save_checkpoint(accelerator, module, tokenizer, output, step + 1, identity, config.keep_checkpoints)
     if len(data.eval_indices) and "eval_loss" not in last:
-        last.update(evaluate(module, data, config, accelerator, pad_id, static_kept))
+        last.update(evaluate(module, data, config, accelerator, pad_id))
         log.write({"step": total, **{k: v for k, v in last.items() if k.startswith("eval_")}})
     log.close()
     checkpoints.save_final(accelerator, module, tokenizer, output, {
@@ -237,14 +238,16 @@ def _counts(batches: list[dict]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(module, data: TrainData, config: TrainConfig, accelerator, pad_id: int, static_kept: bool) -> dict:
+def evaluate(module, data: TrainData, config: TrainConfig, accelerator, pad_id: int) -> dict:
     """Objective loss, NLL and mean target p on the held-out split, through the prepared module, in
     the same number of micro-batches on every process (see _micro_batches)."""
     module.eval()
+    inner = accelerator.unwrap_model(module)  # the ObjectiveModule: its objective and normalize
     batches = _micro_batches(data, data.eval_indices, accelerator.process_index, accelerator.num_processes,
                              config.batch_size, pad_id)
     counts = accelerator.reduce(_counts(batches).to(accelerator.device), reduction="sum").tolist()
-    denominator = Denominator(counts[0], counts[1], counts[2] if static_kept else None, 1, 1, rescale=True)
+    denominator = Denominator(counts[0], counts[1], None if inner.objective.online_kept else counts[2], 1, 1,
+                              rescale=True)
     sums = torch.zeros(4, device=accelerator.device)  # objective loss, nll sum, p sum, kept
     for batch in batches:
         batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -252,6 +255,6 @@ def evaluate(module, data: TrainData, config: TrainConfig, accelerator, pad_id: 
         sums += torch.stack([torch.as_tensor(x, dtype=torch.float32, device=accelerator.device).reshape(())
                              for x in (loss, stats["nll_sum"], stats["p_sum"], stats["kept"])])
     sums = accelerator.reduce(sums, reduction="sum").tolist()
-    online = accelerator.unwrap_model(module).normalize == "kept-targets" and not static_kept  # loss is a sum: / kept
+    online = inner.normalize == "kept-targets" and inner.objective.online_kept  # the loss is a sum: / kept
     return {"eval_loss": sums[0] / max(sums[3], 1.0) if online else sums[0], "eval_nll": sums[1] / max(counts[0], 1),
             "eval_mean_p": sums[2] / max(counts[0], 1)}

@@ -10,12 +10,19 @@ Normalization (`--normalize`): the denominator is counted over the whole optimiz
 micro-batch of the gradient-accumulation window, on every process -- before the first backward,
 so accumulation and data parallelism give the gradient of one big batch:
     all-targets   supervised targets (labels != -100), counted before any masking (ProFit, TRL)
-    kept-targets  targets kept by the stored --mask (exact), or, for online thresholds, by the
-                  current p, known only after the forward: with `rescale` the loss is the plain
-                  sum and the caller divides the gradients by the step's global kept count (exact,
-                  what `tokensft train` does); without it each micro-batch divides by its own kept
-                  count and micro-batches are averaged (BLL's verl trainer; the Trainer interop)
+    kept-targets  targets kept by the stored --mask (exact), or, for online thresholds
+                  (objective.online_kept), by the current p, known only after the forward: with
+                  `rescale` the loss is the plain sum and the caller divides the gradients by the
+                  step's global kept count (exact, what `tokensft train` does); without it (DeepSpeed,
+                  the Trainer interop) each micro-batch divides by its own kept count and the
+                  micro-batches and processes are averaged
     sequences     mean over sequences of each sequence's mean target loss (PoFT)
+
+The path without `rescale` and Beyond Log Likelihood's verl trainer (main_verl/trainer/
+fsdp_sft_trainer.py) agree in direction: each micro-batch divides its summed loss by its own kept
+count (the threshold mask replaces the loss mask before counting). They differ in magnitude: verl
+divides by n_micro_batches only after the backward (for the logged loss), so its gradient is the
+sum over the micro-batches, n_micro_batches times tokensft's, which averages them.
 """
 
 from __future__ import annotations
@@ -24,10 +31,11 @@ from dataclasses import dataclass
 
 import torch
 
-from tokensft.preprocess.scoring import LogitHead
-from tokensft.schema import IGNORE_INDEX
+from tokensft.core.head import LogitHead
+from tokensft.core.schema import IGNORE_INDEX
 from tokensft.train.chunked import target_terms
-from tokensft.train.objectives import Objective, poft_loss, token_loss
+from tokensft.train.losses import poft_loss, token_loss
+from tokensft.train.objectives import Objective
 
 
 @dataclass
@@ -64,21 +72,21 @@ def micro_batch_loss(model, batch: dict, objective: Objective, normalize: str, d
                                      use_cache=False).last_hidden_state  # (B, T, H)
     rows, cols = torch.nonzero(labels != IGNORE_INDEX, as_tuple=True)  # (N,), (N,); cols >= 1
     prior = objective.prior
-    prior_ids = prior_lp = None
+    prior_ids = prior_logprobs = None
     if prior in ("teacher", "scorer"):
         prior_ids = batch["prior_ids"][rows, cols]  # (N, K)
-        prior_lp = batch["prior_logprobs"][rows, cols]  # (N, K)
+        prior_logprobs = batch["prior_logprobs"][rows, cols]  # (N, K)
     terms = target_terms(hidden[rows, cols - 1], labels[rows, cols], LogitHead(model), chunk_size,
-                         prior_ids=prior_ids, prior_logprobs=prior_lp,
+                         prior_ids=prior_ids, prior_logprobs=prior_logprobs,
                          self_ce=prior == "self", uniform_ce=prior == "uniform")
     n_seq = labels.shape[0]
     per_seq_targets = torch.zeros(n_seq, device=labels.device).index_add_(0, rows, torch.ones_like(rows, dtype=torch.float))
-    logp = terms.logp.detach()
-    stats = {"p_sum": logp.exp().sum(), "nll_sum": -logp.sum(), "targets": float(len(rows))}
+    logprob = terms.logprob.detach()  # (N,)
+    stats = {"p_sum": logprob.exp().sum(), "nll_sum": -logprob.sum(), "targets": float(len(rows))}
     if objective.sequence_level:  # PoFT: s = mean target log-prob of each sequence
-        seq_logp = torch.zeros(n_seq, device=labels.device).index_add(0, rows, terms.logp) / per_seq_targets.clamp(min=1)
+        seq_logprob = torch.zeros(n_seq, device=labels.device).index_add(0, rows, terms.logprob) / per_seq_targets.clamp(min=1)
         has = per_seq_targets > 0
-        loss_seq, weight = poft_loss(seq_logp[has], batch["ref_logprob"][has], **objective.params)
+        loss_seq, weight = poft_loss(seq_logprob[has], batch["ref_logprob"][has], **objective.params)
         total = loss_seq.sum()
         stats.update(kept=float(len(rows)), poft_weight_sum=weight.sum(), poft_sequences=has.sum())
     else:

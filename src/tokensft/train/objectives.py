@@ -1,106 +1,65 @@
-"""Training objectives of the probability-aware SFT papers, as pure functions of per-token terms.
+"""The objectives of the probability-aware SFT papers: one catalogue, the --objective parser, the help.
 
-Every objective maps the current model's log-probability of each target, logp (N,) with
-gradient, plus optional terms computed in the same lm_head chunk, to a per-token loss (N,) and
-a `kept` flag (N,) -- which tokens count as trained, for metrics and the kept-targets normalizer.
-Thresholds and weights are stop-gradient (sg) everywhere, as in the sources. The trainer sums
-the losses and divides by the normalizer (see `normalize`); these functions never average.
+    OBJECTIVES["threshold"].online_kept      # facts about each kind of objective, in one table
+    objective = parse_objective("threshold-nll:0.2")
+    objective.default_normalize              # "kept-targets"; .online_kept, .sequence_level, .prior
+    print(objectives_help())                 # the `tokensft train --help` epilog, built from OBJECTIVES
 
-    name            loss per target                                   source
-    nll             -log p                                            standard SFT
-    p               1 - p                                             Beyond Log Likelihood (BLL) "-p"
-    power:A         (1 - p^A) / A            (A -> 0: nll)            BLL GeneralFamily-A; -p^10 is A = 10
-    dft             -sg(p) log p             (gradient == p's)        DFT, Wu et al. 2508.05629
-    threshold-p:Q   (1 - p) 1[sg(p) >= Q]                             BLL OnlyTopP-Q   ("<=": OnlyBottomP)
-    threshold-nll:Q -log p 1[sg(p) >= Q]                              BLL OnlyTopLogP-Q ("<=": OnlyBottomLogP)
-    profit:T        -log p 1[sg(p) >= T]     (T = 0.1 by default)      ProFit 2601.09195, online
-    qtarget         -g log p(y) - (1 - g) sum_k pi_k log p(k)         Target-SFT 2606.11189: CE to
-                    Q = g onehot(y) + (1 - g) pi;  g constant, sg(p), sg(p^A) or 1[sg(p) >= T];
-                    pi = a stored sparse top-k (teacher/scorer, renormalized), sg(model), or uniform
-    poft            -log sigmoid(beta (s - s_ref) + gamma), s = mean target log p of the sequence
-                                                                      PoFT 2412.12865 (per sequence)
+No torch here: the CLI builds the help of every command from this module. The tensor math of each
+objective is in `tokensft.train.losses`, keyed by the same names.
 """
 
 from __future__ import annotations
 
 import re
+import textwrap
 from dataclasses import dataclass, field
+from typing import Callable
 
-import torch
-import torch.nn.functional as F
+from tokensft.core.errors import ConfigError
 
-from tokensft.errors import ConfigError
-
-NORMALIZE = ("all-targets", "kept-targets", "sequences")
+# --normalize: what each divides the summed loss by (the kept count of an online threshold is
+# known only after the forward; see tokensft.train.loss)
+NORMALIZE_HELP = {
+    "all-targets": "divide by every supervised token of the global batch (across accumulation and processes, "
+                   "counted before masking: ProFit, TRL)",
+    "kept-targets": "divide by the kept ones (Beyond Log Likelihood)",
+    "sequences": "mean over sequences of their mean token loss (PoFT)",
+}
+NORMALIZE = tuple(NORMALIZE_HELP)
 PRIORS = ("teacher", "scorer", "self", "uniform")
-GRAMMAR = ("nll, p, power:A, dft, threshold-p:Q, threshold-nll:Q, threshold-p<=:Q, threshold-nll<=:Q, profit[:T], "
-           "poft[:beta=B,gamma=G], qtarget[:gamma=G|p|p^A|threshold:T,prior=teacher|scorer|self|uniform]")
-
-
-@dataclass
-class TokenTerms:
-    """What an objective may use, for N target tokens (computed chunk by chunk by the trainer)."""
-
-    logp: torch.Tensor  # (N,) float32, log p(y) under the current model, with gradient
-    prior_logp: torch.Tensor | None = None  # (N, K) log p(k) at the prior's ids, with gradient
-    prior_probs: torch.Tensor | None = None  # (N, K) the renormalized prior pi (no gradient; 0 = padding)
-    self_ce: torch.Tensor | None = None  # (N,) -sum_v sg(p_v) log p_v (its logit gradient is exactly 0)
-    uniform_ce: torch.Tensor | None = None  # (N,) -(1/V) sum_v log p_v, with gradient
 
 
 @dataclass(frozen=True)
-class Objective:
-    """A parsed --objective: its name and options, and what it needs from the data and the chunk."""
+class ObjectiveKind:
+    """One kind of objective: how it is typed, what it computes, where it comes from, how it normalizes.
+
+    name:              Objective.name, the key of OBJECTIVES and of tokensft.train.losses.LOSSES
+    usage:             the --objective spec as typed (letters are values, [...] is optional)
+    formula:           the loss per target token (or per sequence), short
+    source:            paper and code it follows
+    default_normalize: the --normalize its source uses (one of NORMALIZE)
+    online_kept:       which targets count as kept depends on the current p, so their count is
+                       known only after the forward pass
+    sequence_level:    a loss per sequence (PoFT), not per token
+    options:           what the values of `usage` mean, and their defaults
+    spelled:           regex of the name as typed before any ":" (default: `name`)
+    parse:             (name as typed, text after ":") -> params; None: takes no options
+    """
 
     name: str
-    params: dict = field(default_factory=dict)
+    usage: str
+    formula: str
+    source: str
+    default_normalize: str = "all-targets"
+    online_kept: bool = False
+    sequence_level: bool = False
+    options: str = ""
+    spelled: str = ""
+    parse: Callable[[str, str], dict] | None = None
 
-    @property
-    def default_normalize(self) -> str:
-        """What each source does: ProFit/TRL divide by all supervised tokens (counted before
-        masking), BLL's thresholded objectives by the kept tokens, PoFT averages sequences."""
-        if self.name.startswith("threshold"):
-            return "kept-targets"
-        return "sequences" if self.name == "poft" else "all-targets"
-
-    @property
-    def prior(self) -> str | None:
-        return self.params.get("prior") if self.name == "qtarget" else None
-
-    @property
-    def sequence_level(self) -> bool:
-        return self.name == "poft"
-
-
-def parse_objective(text: str) -> Objective:
-    """Parse an --objective value; a ConfigError names what is wrong and the grammar."""
-    raw = text.strip().lower().replace(" ", "")
-    name, _, rest = raw.partition(":")
-    try:
-        if name in ("nll", "p", "dft") and not rest:
-            return Objective(name)
-        if name == "power":
-            a = float(rest)
-            if not a > 0:
-                raise ValueError("A must be > 0 (A -> 0 is nll)")
-            return Objective(name, {"alpha": a})
-        if re.fullmatch(r"threshold-(p|nll)(<=)?", name):
-            q = _probability(rest)
-            return Objective("threshold", {"kind": name.split("-")[1].removesuffix("<="), "q": q,
-                                           "below": name.endswith("<=")})
-        if name == "profit":
-            return Objective(name, {"tau": _probability(rest) if rest else 0.1})
-        if name == "poft":
-            opts = _options(rest, {"beta": 1.0, "gamma": 0.0})
-            return Objective(name, {"beta": float(opts["beta"]), "gamma": float(opts["gamma"])})
-        if name == "qtarget":
-            opts = _options(rest, {"gamma": "1", "prior": "scorer"})
-            if opts["prior"] not in PRIORS:
-                raise ValueError(f"prior {opts['prior']!r} is not one of {', '.join(PRIORS)}")
-            return Objective(name, {"gamma": _gamma(opts["gamma"]), "prior": opts["prior"]})
-    except ValueError as exc:
-        raise ConfigError(f"--objective {text!r}: {exc}; use {GRAMMAR}") from None
-    raise ConfigError(f"--objective {text!r}: unknown objective; use {GRAMMAR}")
+    def matches(self, typed: str) -> bool:
+        return re.fullmatch(self.spelled or re.escape(self.name), typed) is not None
 
 
 def _probability(text: str) -> float:
@@ -131,65 +90,128 @@ def _gamma(text: str) -> tuple:
     return ("const", _probability(text))
 
 
-def token_loss(objective: Objective, terms: TokenTerms) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token loss (N,) float32 and kept (N,) bool for a token-level objective."""
-    logp = terms.logp.float()
-    p = logp.detach().exp()  # sg(p): thresholds and weights never carry gradient
-    everything = torch.ones_like(logp, dtype=torch.bool)
-    name, o = objective.name, objective.params
-    if name == "nll":
-        return -logp, everything
-    if name == "p":
-        return 1.0 - logp.exp(), everything
-    if name == "power":
-        return -torch.expm1(o["alpha"] * logp) / o["alpha"], everything  # expm1: exact as A -> 0
-    if name == "dft":
-        return -p * logp, everything
-    if name == "threshold":
-        kept = p <= o["q"] if o["below"] else p >= o["q"]
-        loss = 1.0 - logp.exp() if o["kind"] == "p" else -logp
-        return torch.where(kept, loss, torch.zeros_like(loss)), kept
-    if name == "profit":
-        kept = p >= o["tau"]
-        return torch.where(kept, -logp, torch.zeros_like(logp)), kept
-    if name == "qtarget":
-        return qtarget_loss(o["gamma"], o["prior"], terms, p), everything
-    raise AssertionError(f"{name} is not a token-level objective")
+def _power(_: str, rest: str) -> dict:
+    a = float(rest)
+    if not a > 0:
+        raise ValueError("A must be > 0 (A -> 0 is nll)")
+    return {"alpha": a}
 
 
-def qtarget_loss(gamma: tuple, prior: str, terms: TokenTerms, p: torch.Tensor) -> torch.Tensor:
-    """-g log p(y) - (1 - g) sum_k pi_k log p(k): cross-entropy to Q = g onehot(y) + (1 - g) pi."""
-    kind, value = gamma
-    if kind == "const":
-        g = torch.full_like(p, value)
-    elif kind == "p":
-        g = p.pow(value)
-    else:
-        g = (p >= value).float()
-    if prior == "self":
-        prior_ce = terms.self_ce
-    elif prior == "uniform":
-        prior_ce = terms.uniform_ce
-    else:
-        prior_ce = -(terms.prior_probs * terms.prior_logp).sum(dim=-1)  # (N,)
-        # a target with no stored prior entry (all -inf): pi = onehot(y), so its Q is onehot too (NLL), not mass g
-        prior_ce = torch.where(terms.prior_probs.sum(dim=-1) > 0, prior_ce, -terms.logp)
-    return -g * terms.logp.float() + (1.0 - g) * prior_ce.float()
+def _threshold(typed: str, rest: str) -> dict:
+    return {"kind": typed.split("-")[1].removesuffix("<="), "q": _probability(rest), "below": typed.endswith("<=")}
 
 
-def poft_loss(seq_logp: torch.Tensor, ref_logp: torch.Tensor, beta: float, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """PoFT per sequence: loss (S,) = -log sigmoid(beta (s - s_ref) + gamma) and the implied
-    NLL weight beta sigmoid(beta (s_ref - s) - gamma) (S,), reported as a metric.
-
-    seq_logp: (S,) mean target log-prob of each sequence under the current model, with gradient
-    ref_logp: (S,) the stored reference mean (ref_mean_logprob), no gradient
-    """
-    margin = beta * (seq_logp.float() - ref_logp.float()) + gamma
-    weight = beta * torch.sigmoid(-margin.detach())
-    return -F.logsigmoid(margin), weight
+def _profit(_: str, rest: str) -> dict:
+    return {"tau": _probability(rest) if rest else 0.1}
 
 
-def needs_full_row(objective: Objective) -> bool:
-    """Whether the chunk must compute a term over the whole vocabulary row (self/uniform priors)."""
-    return objective.prior in ("self", "uniform")
+def _poft(_: str, rest: str) -> dict:
+    opts = _options(rest, {"beta": 1.0, "gamma": 0.0})
+    return {"beta": float(opts["beta"]), "gamma": float(opts["gamma"])}
 
+
+def _qtarget(_: str, rest: str) -> dict:
+    opts = _options(rest, {"gamma": "1", "prior": "scorer"})
+    if opts["prior"] not in PRIORS:
+        raise ValueError(f"prior {opts['prior']!r} is not one of {', '.join(PRIORS)}")
+    return {"gamma": _gamma(opts["gamma"]), "prior": opts["prior"]}
+
+
+BLL = "Beyond Log Likelihood, arXiv 2510.00526 (code: GaotangLi/Beyond-Log-Likelihood)"
+OBJECTIVES: dict[str, ObjectiveKind] = {kind.name: kind for kind in (
+    ObjectiveKind("nll", "nll", "-log p", "standard SFT"),
+    ObjectiveKind("p", "p", "1 - p   (gradient == dft's)", f'"-p" of {BLL}'),
+    ObjectiveKind("power", "power:A", "(1 - p^A) / A   (A -> 0: nll; power:10 is -p^10)", f"GeneralFamily-A of {BLL}",
+                  options="A > 0", parse=_power),
+    ObjectiveKind("dft", "dft", "-sg(p) log p", "DFT, Wu et al., arXiv 2508.05629 (TRL loss_type='dft')"),
+    ObjectiveKind("threshold", "threshold-p:Q, threshold-nll:Q, threshold-p<=:Q, threshold-nll<=:Q",
+                  "1 - p (threshold-p) or -log p (threshold-nll) on targets whose current p >= Q (<=: p <= Q)",
+                  f"OnlyTopP-Q, OnlyTopLogP-Q (<=: OnlyBottomP-Q, OnlyBottomLogP-Q) of {BLL}",
+                  default_normalize="kept-targets", online_kept=True, options="Q in [0, 1], inclusive",
+                  spelled=r"threshold-(p|nll)(<=)?", parse=_threshold),
+    ObjectiveKind("profit", "profit[:T]", "-log p on targets whose current p >= T, online",
+                  "ProFit, arXiv 2601.09195 (code: Utaotao/ProFit)", online_kept=True, options="T in [0, 1], default 0.1",
+                  parse=_profit),
+    ObjectiveKind("poft", "poft[:beta=B,gamma=G]",
+                  "-log sigmoid(B (s - s_ref) + G), s = mean target log p of the sequence, s_ref stored (--ref)",
+                  "PoFT, arXiv 2412.12865 (code: Savannah120/alignment-handbook-PoFT)", default_normalize="sequences",
+                  sequence_level=True, options="B = 1, G = 0 by default", parse=_poft),
+    ObjectiveKind("qtarget", "qtarget[:gamma=G|p|p^A|threshold:T,prior=teacher|scorer|self|uniform]",
+                  "-G log p(y) - (1 - G) sum_k prior_k log p(k): CE to Q = G onehot(y) + (1 - G) prior",
+                  "Target-SFT, arXiv 2606.11189 (its general family of gamma and prior)",
+                  options="G = a constant (default 1), sg(p), sg(p^A) or 1[sg(p) >= T]; prior = teacher | scorer "
+                          "(a stored top-k, renormalized; default scorer) | self (sg model) | uniform",
+                  parse=_qtarget),
+)}
+GRAMMAR = ", ".join(kind.usage for kind in OBJECTIVES.values())
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A parsed --objective: its name and options; the rest comes from its ObjectiveKind."""
+
+    name: str
+    params: dict = field(default_factory=dict)
+
+    @property
+    def kind(self) -> ObjectiveKind:
+        return OBJECTIVES[self.name]
+
+    @property
+    def default_normalize(self) -> str:
+        """What each source does: ProFit/TRL divide by all supervised tokens (counted before
+        masking), BLL's thresholded objectives by the kept tokens, PoFT averages sequences."""
+        return self.kind.default_normalize
+
+    @property
+    def online_kept(self) -> bool:
+        """Whether the kept targets depend on the current p (known only after the forward)."""
+        return self.kind.online_kept
+
+    @property
+    def sequence_level(self) -> bool:
+        return self.kind.sequence_level
+
+    @property
+    def prior(self) -> str | None:
+        return self.params.get("prior") if self.name == "qtarget" else None
+
+
+def parse_objective(text: str) -> Objective:
+    """Parse an --objective value; a ConfigError names what is wrong and the grammar."""
+    raw = text.strip().lower().replace(" ", "")
+    typed, _, rest = raw.partition(":")
+    kind = next((k for k in OBJECTIVES.values() if k.matches(typed)), None)
+    if kind is not None and (kind.parse is not None or not rest):
+        try:
+            return Objective(kind.name, kind.parse(typed, rest) if kind.parse else {})
+        except ValueError as exc:
+            raise ConfigError(f"--objective {text!r}: {exc}; use {GRAMMAR}") from None
+    raise ConfigError(f"--objective {text!r}: unknown objective; use {GRAMMAR}")
+
+
+def objectives_help(width: int = 110) -> str:
+    """The epilog of `tokensft train --help`: each objective's usage, formula, default --normalize,
+    options and source, then --mask and the --normalize choices (plain text, pre-wrapped)."""
+    column = 28
+    indent = " " * column
+
+    def block(head: str, text: str) -> list[str]:
+        """head in the first column, text wrapped beside it (below it when head is too wide)."""
+        lines = [f"  {head}"] if len(head) > column - 3 else []
+        first = indent if lines else f"  {head:<{column - 2}}"
+        return lines + textwrap.wrap(text, width, initial_indent=first, subsequent_indent=indent,
+                                     break_on_hyphens=False)
+
+    lines = ["objectives (default --normalize in brackets):"]
+    for kind in OBJECTIVES.values():
+        lines += block(kind.usage, f"{kind.formula}  [{kind.default_normalize}]")
+        if kind.options:
+            lines += block("", kind.options)
+        lines += block("", f"from: {kind.source}")
+    lines += block("--mask SPEC", "any objective restricted to a stored mask (tokensft enrich --mask), "
+                                  "e.g. --objective nll --mask 'prob>=0.1'")
+    lines.append("normalize:")
+    for name, text in NORMALIZE_HELP.items():
+        lines += block(name, text)
+    return "\n".join(lines)

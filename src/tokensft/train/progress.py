@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tokensft.fileio import atomic_write
+from tokensft.core.fileio import atomic_write
 
 
 def _records(path: Path) -> list[tuple[str, dict]]:

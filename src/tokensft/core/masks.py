@@ -30,9 +30,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from tokensft.errors import ConfigError
-
-SOURCES = {"scorer": "logprob", "teacher": "teacher_logprob"}
+from tokensft.core.errors import ConfigError
+from tokensft.core.schema import LOGPROB_COLUMNS, MASK_PREFIX, TEACHER_PREFIX, mask_column
 MAX_SEED = 2**53  # seeds are stored with the float params: exact below 2^53
 GRAMMAR = "prob>=T, prob<=T, prob-between:A:B, top-frac:F, quantile>=Q or random:F:SEED (optionally teacher:...)"
 _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
@@ -82,11 +81,11 @@ class MaskSpec:
 
     @property
     def column(self) -> str:
-        return f"mask_{self.name}"
+        return mask_column(self.name)
 
     @property
     def logprob_column(self) -> str:
-        return SOURCES[self.source]
+        return LOGPROB_COLUMNS[self.source]
 
 
 def parse_mask(text: str) -> MaskSpec:
@@ -101,7 +100,7 @@ def parse_mask(text: str) -> MaskSpec:
             params = tuple(float(g) + 0.0 for g in match.groups())  # + 0.0: -0 becomes 0
             _check_params(text, rule, params)
             return MaskSpec(rule, params, source)
-    by_name = _from_name(raw.removeprefix("mask_"), source)
+    by_name = _from_name(raw.removeprefix(MASK_PREFIX), source)
     if by_name is not None:
         return by_name
     raise ConfigError(f"--mask {text!r}: not a mask spec; use {GRAMMAR}")
@@ -109,8 +108,8 @@ def parse_mask(text: str) -> MaskSpec:
 
 def _from_name(name: str, source: str) -> MaskSpec | None:
     """The inverse of MaskSpec.name, so `--mask prob_ge_0.1` names the same stored mask."""
-    if name.startswith("teacher_"):
-        source, name = "teacher", name[len("teacher_"):]
+    if name.startswith(TEACHER_PREFIX):
+        source, name = "teacher", name[len(TEACHER_PREFIX):]
     for rule, prefix in _NAME_PREFIX.items():
         if name.startswith(prefix + "_"):
             rest = name[len(prefix) + 1:].split("_")

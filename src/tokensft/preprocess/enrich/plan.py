@@ -1,0 +1,170 @@
+"""What an enrichment will do: its config, and the plan made from it before any work.
+
+    config = EnrichConfig(input=DIR, masks=[...], refs=[...], teacher=...)
+    plan = make_plan(config, source, target, in_place)   # the request minus what DIR already holds
+    plan.masks, plan.jobs                              # what is left to compute
+    plan.identity                                      # what decides the output (resume key)
+
+`preflight` checks a request before the dataset exists (`score --mask/--ref/--teacher`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tokensft.core.dataset import load_metadata, read_schema, shard_name
+from tokensft.core.errors import ConfigError
+from tokensft.core.masks import MaskSpec, parse_mask
+from tokensft.preprocess import output
+from tokensft.preprocess.config import RunConfig
+
+if TYPE_CHECKING:  # jobs imports torch and transformers: seconds that masks alone never need
+    from tokensft.preprocess.enrich.jobs import Job
+
+PARTS_DIR = "parts"  # under the target's STATE_DIR: one file per model job and chunk
+
+
+@dataclass
+class EnrichConfig(RunConfig):
+    """What only `tokensft enrich` takes (help text lives in cli.py); the run flags are RunConfig's."""
+
+    input: str
+    output: str | None = None  # None: in place
+    masks: list[str] = field(default_factory=list)
+    refs: list[str] = field(default_factory=list)
+    ref_names: list[str | None] = field(default_factory=list)  # per ref; None: from the model's name
+    ref_template: str = "auto"
+    ref_max_length: int | None = None
+    teacher: str | None = None
+    top_k: int = 20  # the teacher's
+
+    def validate(self) -> None:
+        super().validate()
+        if self.ref_names and len(self.ref_names) != len(self.refs):
+            raise ConfigError(f"{len(self.ref_names)} names for {len(self.refs)} references: give one per reference")
+        if self.teacher and self.top_k < 1:
+            raise ConfigError(f"--top-k {self.top_k}: a teacher needs K >= 1 stored alternatives")
+        if self.ref_max_length is not None and self.ref_max_length < 2:
+            raise ConfigError(f"--ref-max-length {self.ref_max_length}: must be at least 2")
+        for text in self.masks:
+            parse_mask(text)
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.masks or self.refs or self.teacher)
+
+
+@dataclass
+class EnrichPlan:
+    """What was decided, under the lock, before any work: from where, into where, what to add."""
+
+    source: Path  # the scored dataset, resolved
+    target: Path  # where the new dataset is built: --output, or the hidden staging sibling in place
+    in_place: bool
+    meta: dict  # the source's tokensft.json
+    source_run: dict  # the source's run state (.tokensft/run.json): fingerprint, identity, num_chunks
+    masks: list[MaskSpec]  # the masks to compute (new, changed, or stale under a new teacher)
+    jobs: list[Job]  # the model jobs to run (references, teacher) not already in the source
+    identity: dict  # what decides the output: a rerun with the same identity resumes this one
+
+    @property
+    def num_chunks(self) -> int:
+        return self.source_run["num_chunks"]
+
+    @property
+    def result(self) -> Path:
+        """Where the finished dataset ends up."""
+        return self.source if self.in_place else self.target
+
+    @property
+    def teacher(self) -> Job | None:
+        return next((j for j in self.jobs if j.kind == "teacher"), None)
+
+    @property
+    def run(self) -> dict:
+        """The run state this enrichment writes into the target (`output.prepare`)."""
+        fingerprint = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
+        return {"identity": self.identity, "metadata": {}, "num_chunks": self.num_chunks, "fingerprint": fingerprint}
+
+    def part(self, job: Job, chunk: int) -> Path:
+        """The file holding `job`'s columns for chunk `chunk` (deleted once the dataset is finished)."""
+        return self.target / output.STATE_DIR / PARTS_DIR / f"{job.part}-{chunk:05d}.arrow"
+
+    def needs(self, job: Job, chunk: int) -> bool:
+        """Whether `job` has yet to score chunk `chunk`: no part, and no final shard made from one."""
+        return not self.part(job, chunk).is_file() and not (self.target / shard_name(chunk)).is_file()
+
+
+def preflight(config: EnrichConfig, scorer: str) -> None:
+    """Check an enrichment request before the dataset exists (`score --mask/--ref/--teacher`):
+    specs parse, models resolve, the teacher shares the scorer's tokenizer, teacher masks have a teacher."""
+    from tokensft.core.models import load_tokenizer, resolve_model_dir, tokenizer_fingerprint
+
+    config.validate()
+    masks = [parse_mask(t) for t in config.masks]
+    if any(m.source == "teacher" for m in masks) and not config.teacher:
+        raise ConfigError(f"--mask {next(m.spec for m in masks if m.source == 'teacher')!r} needs a teacher: add --teacher MODEL")
+    if config.refs or config.teacher:
+        token_fingerprint = tokenizer_fingerprint(load_tokenizer(resolve_model_dir(scorer)[0]), chat_template=False)
+        _resolve_jobs(config, {"token_fingerprint": token_fingerprint})
+
+
+def make_plan(config: EnrichConfig, source: Path, target: Path, in_place: bool) -> EnrichPlan:
+    """What to compute: the request minus what the dataset already holds with the same provenance."""
+    meta = load_metadata(source)
+    source_run = output.read_run(source)
+    if source_run is None:
+        raise ConfigError(f"{source}: no .tokensft/run.json; this dataset was not written by `tokensft score`")
+    if in_place:
+        foreign = sorted(p.name for p in source.iterdir() if not output.is_ours(p.name))
+        if foreign:
+            raise ConfigError(f"{source} holds files tokensft did not write ({', '.join(foreign[:3])}); enriching in "
+                              "place replaces the directory, so move them away or write a copy with --output")
+    masks = list({m.column: m for m in (parse_mask(t) for t in config.masks)}.values())
+    jobs = _resolve_jobs(config, meta) if config.refs or config.teacher else []
+    present = meta.get("enrichment", {})
+    jobs = [j for j in jobs if not j.present_in(present)]
+    teacher_job = next((j for j in jobs if j.kind == "teacher"), None)
+    if teacher_job is not None:  # a new teacher makes stored teacher masks stale: redo them too
+        stored = [parse_mask(v["spec"]) for v in present.get("masks", {}).values() if v.get("source") == "teacher"]
+        masks += [m for m in stored if m.column not in {x.column for x in masks}]
+    masks = [m for m in masks if teacher_job is not None and m.source == "teacher" or not _mask_present(m, present)]
+    columns = set(read_schema(source / shard_name(0)).names)
+    _check_columns(source, masks, jobs, columns)
+    identity = {
+        "kind": "enrich", "source": source_run["fingerprint"], "masks": [m.spec for m in masks],
+        "jobs": [j.identity for j in jobs], "skip_invalid": config.skip_invalid,
+    }
+    return EnrichPlan(source, target, in_place, meta, source_run, masks, jobs, identity)
+
+
+def _resolve_jobs(config: EnrichConfig, meta: dict) -> list[Job]:
+    """Deferred imports: torch and transformers take seconds, and masks alone need neither."""
+    from transformers.utils import logging as hf_logging
+
+    from tokensft.preprocess.enrich.jobs import resolve_jobs
+
+    hf_logging.disable_progress_bar()  # our bar is the one to watch
+    return resolve_jobs(config, meta)
+
+
+def _mask_present(mask: MaskSpec, present: dict) -> bool:
+    entry = present.get("masks", {}).get(mask.column)
+    return entry is not None and entry.get("spec") == mask.spec
+
+
+def _check_columns(source: Path, masks: list[MaskSpec], jobs: list[Job], columns: set[str]) -> None:
+    """Refuse, before any work, a request whose inputs the dataset lacks (naming what adds them)."""
+    will_have = columns | {c for j in jobs for c in j.columns}
+    for mask in masks:
+        if mask.logprob_column not in will_have:
+            raise ConfigError(
+                f"{source}: --mask {mask.spec!r} needs the column {mask.logprob_column}, which this dataset lacks; "
+                f"add a teacher first (`tokensft enrich {source} --teacher MODEL`) or pass --teacher with it"
+            )
+    if any(j.kind == "ref" for j in jobs) and "messages" not in columns:
+        raise ConfigError(f"{source}: no messages column to re-render for references; re-score it with this tokensft")
