@@ -35,6 +35,7 @@ ALL_MASKS = ["prob>=0.1", "prob<=0.5", "prob-between:0.1:0.9", "top-frac:0.6", "
 
 def synthetic_dataset(directory: Path, targets: int) -> int:
     """A finished scored dataset of ceil(targets / 250) rows with random log-probs; returns its targets."""
+    from tokensft.core.locks import OutputLock
     from tokensft.preprocess import output
     from tokensft.preprocess.shards import list_array, write_shard
     from tokensft.core.schema import MESSAGE_TYPE, SCHEMA_VERSION, scored_schema
@@ -46,7 +47,7 @@ def synthetic_dataset(directory: Path, targets: int) -> int:
     meta = {"schema_version": SCHEMA_VERSION, "tokensft_version": "bench", "model": {"name": "synthetic", "content_hash": "0"},
             "tokenizer_fingerprint": "0", "token_fingerprint": "0", "created": "", "command": "bench", "top_k": 0}
     run = {"identity": identity, "metadata": meta, "num_chunks": chunks, "fingerprint": "synthetic"}
-    with output.OutputLock(directory):
+    with OutputLock(directory):
         output.prepare(directory, run, overwrite=True)
     schema = scored_schema(0, identity)
     for k in range(chunks):

@@ -38,6 +38,7 @@ def _topk(rng, n_targets: int, k: int, lengths: list[int], target: np.ndarray) -
 def synthetic_dataset(directory: Path, targets: int, top_k: int, seed: int, token_fingerprint: str = "0") -> int:
     """A finished, enriched scored dataset; ids and labels do not depend on `seed`, log-probs do.
     token_fingerprint: the tokenizer the report decodes with must match it."""
+    from tokensft.core.locks import OutputLock
     from tokensft.preprocess import output
     from tokensft.preprocess.shards import list_array, write_shard
     from tokensft.core.schema import MESSAGE_TYPE, SCHEMA_VERSION, enrichment_field, scored_schema
@@ -54,7 +55,7 @@ def synthetic_dataset(directory: Path, targets: int, top_k: int, seed: int, toke
             "tokenizer_fingerprint": "0", "token_fingerprint": token_fingerprint, "created": "", "command": "bench",
             "top_k": top_k}
     run = {"identity": identity, "metadata": meta, "num_chunks": chunks, "fingerprint": f"synthetic-{seed}"}
-    with output.OutputLock(directory):
+    with OutputLock(directory):
         output.prepare(directory, run, overwrite=True)
     extra = ["mask_prob_ge_0.1", "mask_top_frac_0.5", "ref_x_mean_logprob", "ref_x_num_targets", "ref_mean_logprob",
              "teacher_logprob", "teacher_topk_ids", "teacher_topk_logprobs"]

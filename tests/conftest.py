@@ -124,3 +124,16 @@ def _offline(monkeypatch, tmp_path_factory):
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return path
+
+
+def dies_on_call(original, n: int):
+    """A stand-in for `original` that raises KeyboardInterrupt (a kill) on its n-th call, and calls
+    `original` on every other; `.calls` counts the calls."""
+    def wrapper(*args, **kwargs):
+        wrapper.calls += 1
+        if wrapper.calls == n:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    wrapper.calls = 0
+    return wrapper

@@ -157,3 +157,38 @@ def test_incomparable_datasets_are_refused(scored):
     edited.token_id[5] += 1  # same counts, one target token differs
     with pytest.raises(ConfigError, match=rf"example '{a.examples['id'][a.example[5]]}' has different target tokens"):
         compare(a, edited)
+
+
+def test_mask_drift_equals_a_naive_loop(scored, tmp_path):
+    import shutil
+
+    from test_enrich import enrich_cli
+
+    from tokensft.analysis.drift import mask_drift
+
+    a = tmp_path / "a"
+    shutil.copytree(scored["a"], a)
+    # tiny random models give p around 1e-3: thresholds there, so targets do cross them
+    assert enrich_cli(a, "--mask", "prob>=0.0005", "--mask", "prob<=0.002", "--mask", "top-frac:0.5") == 0
+    drift = mask_drift(load_targets(a), load_targets(scored["b"]), thresholds=(0.0001, 0.1), bins=4)
+    rows_a, rows_b = rows_of(a), rows_of(scored["b"])
+    ta, tb = naive_targets(rows_a), naive_targets(rows_b)
+    pairs = list(zip(ta, tb))  # the same examples in the same order: target i of a is target i of b
+    assert all(x["token"] == y["token"] for x, y in pairs)
+    specs = {"prob>=0.0005": lambda p: p >= 0.0005, "prob<=0.002": lambda p: p <= 0.002,
+             "prob>=0.0001": lambda p: p >= 0.0001, "prob>=0.1": lambda p: p >= 0.1}  # stored (by column), then given
+    assert drift["masks"]["spec"].tolist() == list(specs)
+    for (_, row), (spec, keep) in zip(drift["masks"].iterrows(), specs.items()):
+        in_a = [keep(x["p"]) for x, _ in pairs]
+        in_b = [keep(y["p"]) for _, y in pairs]
+        assert row["targets"] == len(pairs)
+        assert row["kept_a"] == pytest.approx(mean(in_a)) and row["kept_b"] == pytest.approx(mean(in_b))
+        assert row["flipped"] == pytest.approx(mean(u != v for u, v in zip(in_a, in_b)))
+        assert row["dropped"] == pytest.approx(mean(u and not v for u, v in zip(in_a, in_b)))
+        positions = drift["by_position"][drift["by_position"]["spec"] == spec]
+        for _, cell in positions.iterrows():
+            inside = [(u != v) for (x, _), u, v in zip(pairs, in_a, in_b)
+                      if min(int(x["rel"] * 4), 3) == cell["bin"]]
+            assert cell["count"] == len(inside)
+            assert (math.isnan(cell["flipped"]) and not inside) or cell["flipped"] == pytest.approx(mean(inside))
+    assert drift["masks"]["flipped"].max() > 0  # the two tiny models disagree somewhere: the test can fail

@@ -13,7 +13,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import make_bpe_tokenizer, make_model, write_jsonl
+from conftest import dies_on_call, make_bpe_tokenizer, make_model, write_jsonl
 from test_score_cli import QA, assert_same_rows, table_of
 from test_scoring import naive_scores
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -382,3 +382,16 @@ def test_more_bad_input_is_one_line(tmp_path, tiny_dirs, teacher_dir, capsys):
     (out / "tokensft.json").write_text("[]")
     assert enrich_cli(out, "--mask", "prob>=0.1") == 2
     assert "corrupt" in capsys.readouterr().err
+
+
+def test_a_killed_in_place_enrichment_reuses_its_parts(tmp_path, tiny_dirs, monkeypatch):
+    """Resume means resume: the chunks a killed run scored are not scored again."""
+    out = scored(tmp_path, tiny_dirs["bpe"])
+    original = jobs.reference_columns
+    monkeypatch.setattr(jobs, "reference_columns", dies_on_call(original, 2))
+    assert enrich_cli(out, "--ref", str(tiny_dirs["sp"])) == 130
+    rerun = dies_on_call(original, 0)  # never dies: counts
+    monkeypatch.setattr(jobs, "reference_columns", rerun)
+    assert enrich_cli(out, "--ref", str(tiny_dirs["sp"])) == 0
+    chunks = len([p for p in out.iterdir() if p.name.startswith("data-")])
+    assert rerun.calls == chunks - 1  # the chunk finished before the kill was kept

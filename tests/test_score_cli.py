@@ -19,7 +19,7 @@ import tokensft
 from tokensft.cli import main
 from tokensft.core.errors import ConfigError
 from tokensft.preprocess import run as run_module
-from tokensft.preprocess.output import RankLock
+from tokensft.core.locks import RankLock
 from tokensft.core.schema import IGNORE_INDEX
 
 QA = [
@@ -166,7 +166,9 @@ def test_truncation_and_no_target_rows_are_counted(tmp_path, tiny_dirs, capsys):
     assert counts["written"] + sum(counts["skipped"].values()) == len(QA)
     assert counts["skipped"].get("no_targets_after_truncation", 0) >= 1  # the long question leaves no room
     ds = tokensft.load(out)
-    assert counts["truncated"] == sum(ds["truncated"]) >= 1
+    # truncated counts the rows cut, written or then skipped for want of targets
+    assert counts["truncated"] == sum(ds["truncated"]) + counts["skipped"]["no_targets_after_truncation"]
+    assert sum(ds["truncated"]) >= 1
     assert all(n <= 24 for n in ds["num_tokens"])
 
 
@@ -234,7 +236,8 @@ def test_default_max_length_is_the_model_context(tmp_path, tiny_dirs):
 
 
 def test_resume_keeps_temp_files_of_a_live_writer(tmp_path):
-    from tokensft.preprocess.output import OutputLock, prepare
+    from tokensft.core.locks import OutputLock
+    from tokensft.preprocess.output import prepare
 
     run = {"identity": {"x": 1}, "metadata": {}, "num_chunks": 1, "fingerprint": "f"}
     out = tmp_path / "out"

@@ -4,12 +4,14 @@
     classes = classify_vocab(tokenizer)        # optional: token classes for the by-class tables
     summary(t, classes)                        # what `tokensft report` writes as summary.json
     compare(load_targets(A), load_targets(B))  # what moved between two scorings of the same examples
+    mask_drift(A_targets, B_targets)           # how far stored masks drift from masks by B's p
 
 Drawing lives in tokensft.reports; nothing here plots.
 """
 
 from tokensft.analysis.compare import align, compare
 from tokensft.analysis.continuum import REFERENCE_POINTS, STRONG_MIN, WEAK_MAX, continuum, recommend, regime
+from tokensft.analysis.drift import mask_drift
 from tokensft.analysis.enrichment import mask_stats, reference_stats, teacher_kl, teacher_stats
 from tokensft.analysis.stats import (by_class, by_position, cdf, entropy_vs_probability, extreme_examples, overview,
                                      probability_histogram, quantiles)
@@ -21,6 +23,6 @@ from tokensft.analysis.token_classes import CLASSES, classify_text, classify_voc
 __all__ = [
     "CLASSES", "REFERENCE_POINTS", "STRONG_MIN", "WEAK_MAX", "Targets", "align", "by_class", "by_position", "cdf",
     "classify_text", "classify_vocab", "compare", "continuum", "enrichment_parts", "entropy_vs_probability", "extreme_examples", "jsonable",
-    "load_targets", "mask_stats", "overview", "probability_histogram", "quantiles", "recommend", "reference_stats",
+    "load_targets", "mask_drift", "mask_stats", "overview", "probability_histogram", "quantiles", "recommend", "reference_stats",
     "regime", "summary", "target_classes", "teacher_kl", "teacher_stats", "token_strings",
 ]

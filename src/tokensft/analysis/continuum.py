@@ -118,3 +118,33 @@ def recommend(mean_p: float | None, median_p: float | None, frac_below: float | 
                          "(`qtarget:gamma=p,prior=teacher`) is available; the Target-SFT paper's exact recipe is unconfirmed.")
     return {"regime": name, "objectives": objectives, "baseline": "nll", "also": also, "avoid": avoid,
             "near_boundary": near, "text": text, "reasoning": reasoning}
+
+
+def _family(spec: str) -> str:
+    """An objective spec's name as typed, without its options: "threshold-nll:0.2" -> "threshold-nll"."""
+    return spec.split(":")[0].split("@")[0]
+
+
+def agreement(arms: list[dict], recommendation: dict) -> dict:
+    """A measured ranking against the guidance (`recommend`), compared by objective family.
+
+    arms: one dict per arm with "arm" (its spec), "objective", "accuracy" (mean over seeds),
+    "accuracy_sd" and "runs" (one per seed). Returns best (the top arm), agree (its objective is
+    among the recommended ones; None without a measurement), contradicts (it is among those the
+    guidance says to avoid), lead (over the runner-up) and within_noise (the lead is no larger than
+    the larger spread over seeds of the two; None with one seed or one arm).
+    """
+    ranked = sorted((a for a in arms if a.get("accuracy") is not None), key=lambda a: (-a["accuracy"], a["arm"]))
+    out = {"regime": recommendation.get("regime"), "recommended": recommendation.get("objectives", []),
+           "best": None, "agree": None, "contradicts": None, "lead": None, "within_noise": None}
+    if not ranked:
+        return out
+    best = ranked[0]
+    family = _family(best["objective"])
+    out.update(best=best["arm"], agree=family in {_family(o) for o in out["recommended"]},
+               contradicts=family in {_family(o) for o in recommendation.get("avoid", [])})
+    if len(ranked) > 1:
+        out["lead"] = best["accuracy"] - ranked[1]["accuracy"]
+        if len(best["runs"]) > 1:
+            out["within_noise"] = bool(out["lead"] <= max(best["accuracy_sd"] or 0.0, ranked[1]["accuracy_sd"] or 0.0))
+    return out

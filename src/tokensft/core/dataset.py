@@ -8,7 +8,7 @@
 
 A scored dataset is a directory that `datasets.load_from_disk` opens (Arrow IPC stream shards
 `data-NNNNN.arrow` + state.json + dataset_info.json) plus tokensft.json. A damaged shard or
-metadata file is a one-line error naming the file and how to repair it, never pyarrow's words.
+metadata file is a one-line error naming the file and how to repair it, never pyarrow's words alone.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ import numpy as np
 import pyarrow as pa
 
 from tokensft.core.errors import ConfigError, TokensftError
-from tokensft.core.schema import CHUNK_KEY, METADATA_FILE, METADATA_KEY, SCHEMA_VERSION, STATE_FILE
+from tokensft.core.integrity import repair
+from tokensft.core.schema import CHUNK_KEY, METADATA_FILE, METADATA_KEY, SCHEMA_VERSION, STATE_DIR, STATE_FILE
 
 logger = logging.getLogger(__name__)
 SHARD_RE = re.compile(r"^data-(\d{5,})\.arrow$")
+ARROW_ERRORS = (pa.ArrowException, OSError)  # what pyarrow raises on a damaged file (ArrowIOError is OSError)
 
 
 def shard_name(chunk: int) -> str:
@@ -84,21 +86,43 @@ def load(path: str | Path):
     """Open a finished scored dataset as a memory-mapped `datasets.Dataset`.
 
     Checks the metadata first (a clear error for an unfinished or foreign directory);
-    read the metadata itself with `load_metadata(path)`.
+    read the metadata itself with `load_metadata(path)`. A shard `datasets` cannot read is
+    a ConfigError naming it.
     """
     import datasets  # deferred: importing datasets costs ~1 s and most commands do not need it
 
-    load_metadata(path)
-    return datasets.load_from_disk(str(path))
+    meta = load_metadata(path)
+    try:
+        return datasets.load_from_disk(str(path))
+    # what a damaged directory raises: pyarrow's errors (ArrowIOError is OSError), ValueError for a
+    # garbled state.json or dataset_info.json (json) or a shard whose columns differ (datasets)
+    except (*ARROW_ERRORS, ValueError) as exc:
+        raise _unloadable(Path(path), meta, exc) from None
+
+
+def _unloadable(path: Path, meta: dict, exc: Exception) -> ConfigError:
+    """Why `datasets` cannot open a finished dataset: its first unreadable shard, else its state files."""
+    try:
+        for shard in shard_paths(path, meta):
+            read_table(shard)
+    except ConfigError as damaged:
+        return damaged
+    return ConfigError(f"{path}: `datasets` cannot open it ({first_line(exc)}) though every shard reads; "
+                       f"its {STATE_FILE} or dataset_info.json is damaged: re-run `tokensft merge {path}`")
+
+
+def shard_names(path: Path, meta: dict) -> list[str]:
+    """The shard file names in dataset order: state.json's `_data_files` (what `datasets` reads), else num_shards."""
+    try:
+        return [f["filename"] for f in json.loads((Path(path) / STATE_FILE).read_text(encoding="utf-8"))["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return [shard_name(k) for k in range(int(meta.get("num_shards", 0)))]
 
 
 def shard_paths(path: Path, meta: dict) -> list[Path]:
-    """The shard files in dataset order: state.json's `_data_files` (what `datasets` reads), else num_shards."""
+    """The shard files in dataset order (`shard_names`); a missing one is a ConfigError."""
     path = Path(path)
-    try:
-        names = [f["filename"] for f in json.loads((path / STATE_FILE).read_text(encoding="utf-8"))["_data_files"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        names = [shard_name(k) for k in range(int(meta.get("num_shards", 0)))]
+    names = shard_names(path, meta)
     missing = [n for n in names if not (path / n).is_file()]
     if missing:
         raise ConfigError(f"{path}: shard {missing[0]} is missing ({len(missing)} of {len(names)}); "
@@ -111,7 +135,7 @@ def read_table(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
     try:
         with pa.memory_map(str(path)) as source:
             table = pa.ipc.open_stream(source).read_all()
-    except pa.ArrowInvalid as exc:
+    except ARROW_ERRORS as exc:  # e.g. OSError "Expected to be able to read ...", ArrowInvalid "Invalid flatbuffers"
         raise _damaged(path, exc) from None
     return table.select(list(columns)) if columns is not None else table
 
@@ -121,15 +145,23 @@ def read_schema(path: Path) -> pa.Schema:
     try:
         with pa.memory_map(str(path)) as source:
             return pa.ipc.open_stream(source).schema
-    except pa.ArrowInvalid as exc:
+    except ARROW_ERRORS as exc:
         raise _damaged(path, exc) from None
 
 
 def _damaged(path: Path, exc: Exception) -> ConfigError:
     """Shards are written atomically, so an unreadable one was damaged or replaced afterwards."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return ConfigError(f"{path}: not a readable Arrow shard ({first}); it was changed after tokensft wrote it: "
-                       "restore it or re-score the dataset")
+    if path.parent.parent.name == STATE_DIR:  # an enrichment's part file, scored again when missing
+        fix = "delete it and rerun the enrichment, which scores it again"
+    else:
+        fix = repair(path.parent)
+    return ConfigError(f"{path}: not a readable Arrow shard ({first_line(exc)}); it was damaged after tokensft "
+                       f"wrote it: {fix}")
+
+
+def first_line(exc: Exception) -> str:
+    """An exception's message as one line (pyarrow's run over several)."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def read_shard_info(path: Path) -> tuple[dict, dict]:

@@ -21,13 +21,15 @@ def temp_sibling(path: Path) -> Path:
 
 
 @contextmanager
-def atomic_write(path: Path, mode: str = "wb", encoding: str | None = None) -> Iterator:
+def atomic_write(path: Path, mode: str = "wb", encoding: str | None = None, fsync: bool = True) -> Iterator:
+    """fsync=False: atomic but not durable, for a file whose loss after a crash is detected and redone."""
     tmp = temp_sibling(path)
     try:
         with open(tmp, mode, encoding=encoding) as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

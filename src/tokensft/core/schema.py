@@ -53,6 +53,7 @@ IGNORE_INDEX = -100
 # Files and metadata keys
 METADATA_FILE = "tokensft.json"  # the run metadata of a finished dataset
 STATE_FILE = "state.json"  # datasets' shard list; its presence marks a finished dataset
+STATE_DIR = ".tokensft"  # an output's run state (run.json), rank locks and enrichment parts
 METADATA_KEY = b"tokensft"  # run identity (JSON) in each shard's Arrow schema metadata
 CHUNK_KEY = b"tokensft_chunk"  # a shard's scoring counts (read, written, skipped, ...), summed by finish
 ENRICH_KEY = b"tokensft_enrich"  # a shard's enrichment counts (mask kept counts, reference counts)

@@ -44,6 +44,7 @@ class RunConfig:
     world_size: int | None = None  # None: from WORLD_SIZE or SLURM_ARRAY_TASK_COUNT, else 1
     overwrite: bool = False
     skip_invalid: bool = False
+    wait: bool = True  # another run holds the output's lock at the start: wait (naming it), or refuse at once
     quiet: bool = False  # no progress bar
     command: str = ""  # the command line, recorded in the metadata
 

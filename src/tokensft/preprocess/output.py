@@ -2,6 +2,7 @@
 
     DIR/
       data-00000.arrow ...      shards, one per input chunk, appear only by atomic rename
+      .tokensft/shards/*.json   each shard's record (size, rows, checksum): core.integrity
       .tokensft/run.json        the run's identity (what determines the shards' contents)
       .tokensft/lock-rank{r}    held (flock) by the process writing rank r
       tokensft.json             run metadata + summed counts            } written by `finish`,
@@ -10,27 +11,31 @@
 
 A run whose identity equals the one on disk resumes; a different one is refused unless
 --overwrite. The finished directory is the same whatever the number of ranks that wrote it.
+Finishing verifies every shard against its record; resuming verifies the shards it keeps and
+drops the damaged ones, to be written again (`drop_damaged`).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
+import logging
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
-from tokensft.core.errors import ConfigError
-from tokensft.core.fileio import atomic_write
 from tokensft.core.counts import Counts
 from tokensft.core.dataset import SHARD_RE, finished_chunks, read_schema, read_shard_info, shard_name
-from tokensft.core.schema import METADATA_FILE, STATE_FILE
+from tokensft.core.errors import ConfigError
+from tokensft.core.fileio import atomic_write
+from tokensft.core.integrity import check_shard, discard, repair
+from tokensft.core.locks import OUTPUT_LOCK, rank_locked
+from tokensft.core.schema import METADATA_FILE, STATE_DIR, STATE_FILE
 from tokensft.preprocess.shards import scoring_counts
 
-STATE_DIR = ".tokensft"
+logger = logging.getLogger(__name__)
 RUN_FILE = "run.json"
-OUTPUT_LOCK = ".tokensft.lock"  # never deleted: serializes prepare/finish across ranks and runs
 OUR_FILES = {METADATA_FILE, "dataset_info.json", STATE_FILE, STATE_DIR, OUTPUT_LOCK}
 
 
@@ -82,7 +87,7 @@ def prepare(directory: Path, run: dict, overwrite: bool, resume: bool = True) ->
         )
     same = existing is not None and existing["identity"] == run["identity"]
     if same and resume and not overwrite:
-        if not _rank_locked(directory):  # nobody is writing: temp files are a killed run's leftovers
+        if not rank_locked(directory / STATE_DIR):  # nobody is writing: temp files are a killed run's leftovers
             for path in ours:
                 if path.name.startswith(".") and ".tmp-" in path.name:
                     path.unlink(missing_ok=True)
@@ -92,7 +97,7 @@ def prepare(directory: Path, run: dict, overwrite: bool, resume: bool = True) ->
         changed = _changed_keys(existing["identity"], run["identity"]) if existing else []
         hint = f" (differs in: {', '.join(changed)})" if changed else ""
         raise ConfigError(f"{directory} holds {what}{hint}; pass --overwrite to replace it, or choose another --output")
-    if _rank_locked(directory):
+    if rank_locked(directory / STATE_DIR):
         raise ConfigError(f"{directory}: another tokensft run is writing this output; wait for it or stop it")
     for path in ours:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -105,62 +110,6 @@ def _changed_keys(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
-def _rank_locked(directory: Path) -> bool:
-    """Whether any process holds a rank lock on this output right now."""
-    for path in (directory / STATE_DIR).glob("lock-rank*"):
-        with open(path, "a+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(f, fcntl.LOCK_UN)
-    return False
-
-
-class OutputLock:
-    """A blocking flock on DIR/.tokensft.lock around prepare and finish (short critical sections)."""
-
-    def __init__(self, directory: Path, name: str = OUTPUT_LOCK):
-        self.path = directory / name
-        self.file = None
-
-    def __enter__(self) -> OutputLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a+")
-        fcntl.flock(self.file, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        fcntl.flock(self.file, fcntl.LOCK_UN)
-        self.file.close()
-
-
-class RankLock:
-    """An exclusive flock on DIR/.tokensft/lock-rank{r}: two runs never write one rank's shards."""
-
-    def __init__(self, directory: Path, rank: int):
-        self.path = directory / STATE_DIR / f"lock-rank{rank}"
-        self.rank = rank
-        self.file = None
-
-    def __enter__(self) -> RankLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.close()
-            raise ConfigError(
-                f"{self.path.parent.parent}: another tokensft run is writing rank {self.rank} of this output; "
-                "wait for it to finish or stop it"
-            ) from None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        fcntl.flock(self.file, fcntl.LOCK_UN)
-        self.file.close()
-
-
 def missing_chunks(directory: Path, num_chunks: int) -> list[int]:
     done = finished_chunks(directory)
     return [k for k in range(num_chunks) if k not in done]
@@ -168,6 +117,35 @@ def missing_chunks(directory: Path, num_chunks: int) -> list[int]:
 
 def load_finished(directory: Path) -> dict:
     return json.loads((directory / METADATA_FILE).read_text(encoding="utf-8"))
+
+
+def drop_damaged(directory: Path, chunks: Iterable[int], world_size: int = 1) -> list[int]:
+    """Verify the shards among `chunks` before resuming (or rerunning over a finished output):
+    delete each damaged or unverified one with its record, so that it is written again, and make
+    a finished output unfinished (in which a missing shard is damage too). An enriched output is
+    refused instead: rescoring a shard would lose its enrichment columns. Returns the chunks dropped.
+
+    Call it holding the RankLock of every rank that writes `chunks` (a shard whose record is being
+    written would count as unverified), and the OutputLock too over a finished output."""
+    run, finished = read_run(directory) or {}, is_finished(directory)
+    damaged = {}
+    for k in chunks:
+        shard = directory / shard_name(k)
+        if (finished or shard.is_file()) and (problem := check_shard(shard)):
+            damaged[k] = problem
+    if not damaged:
+        return []
+    if "enrich_identity" in run:
+        k, problem = next(iter(damaged.items()))
+        also = f" ({len(damaged)} shards in all)" if len(damaged) > 1 else ""
+        raise ConfigError(f"{directory / shard_name(k)}: {problem}{also}; {repair(directory, run.get('metadata', {}))}")
+    for name in (STATE_FILE, "dataset_info.json", METADATA_FILE):  # state.json first: its absence = unfinished
+        (directory / name).unlink(missing_ok=True)
+    for k, problem in damaged.items():
+        by = f" by rank {k % world_size} (rerun it)" if world_size > 1 else ""
+        logger.warning("warning: %s: %s; it will be rescored%s", directory / shard_name(k), problem, by)
+        discard(directory / shard_name(k))
+    return sorted(damaged)
 
 
 def finish(directory: Path, extra_metadata: dict | None = None) -> dict:
@@ -185,6 +163,7 @@ def finish(directory: Path, extra_metadata: dict | None = None) -> dict:
             f"{directory}: {len(missing)} of {run['num_chunks']} chunks not scored yet (first: chunk {missing[0]}); "
             f"finish the ranks that own them (chunk k belongs to rank k % world_size), then merge"
         )
+    _verify(directory, run)
     totals = scoring_counts().merge(
         Counts.total(read_shard_info(directory / shard_name(k))[1] for k in range(run["num_chunks"])))
     meta = {
@@ -195,6 +174,17 @@ def finish(directory: Path, extra_metadata: dict | None = None) -> dict:
     write_json_atomic(directory / "dataset_info.json", _dataset_info(directory, run))
     write_json_atomic(directory / STATE_FILE, _state(run))
     return meta
+
+
+def _verify(directory: Path, run: dict) -> None:
+    """Refuse to finish over a shard that differs from its record or has none."""
+    for k in range(run["num_chunks"]):
+        problem = check_shard(directory / shard_name(k))
+        if problem:
+            fix = repair(directory, run.get("metadata", {}))
+            if "enrich_identity" not in run:
+                fix += f" (with several ranks: the rank that owns chunk {k}, i.e. {k} % world size, then merge)"
+            raise ConfigError(f"{directory / shard_name(k)}: {problem}; {fix}")
 
 
 def _dataset_info(directory: Path, run: dict) -> dict:

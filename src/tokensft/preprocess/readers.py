@@ -313,17 +313,38 @@ def _csv_row(record: dict, n_columns: int, index: int, where: str) -> SourceRow:
 def _load_hf_disk(path: Path, name: str):
     import datasets
 
+    from tokensft.core.dataset import ARROW_ERRORS
+
     if not any(path.glob("*.arrow")):  # `datasets` saves 0 rows as 0 shards, then fails to load them
         raise _no_records(name)
     try:
         ds = datasets.load_from_disk(str(path))
     except PermissionError as e:
         raise _unreadable(name) from e
+    except (*ARROW_ERRORS, ValueError) as e:  # a damaged shard or state file: pyarrow's or json's words
+        raise _damaged_hf_disk(path, name, e) from None
     if isinstance(ds, datasets.DatasetDict):
         raise InputError(name, None, f"is a DatasetDict with splits {list(ds)}, not a single dataset",
                          fix=f"pass one split's directory, e.g. {name}/{next(iter(ds), 'train')}",
                          reason="unsupported_input")
     return ds.with_format(None)  # a format saved with the data (torch, numpy) would give tensors, not str/list
+
+
+def _damaged_hf_disk(path: Path, name: str, exc: Exception) -> InputError:
+    """Which file of a save_to_disk directory `datasets` could not read: its first unreadable shard, else the directory."""
+    import pyarrow as pa
+
+    from tokensft.core.dataset import ARROW_ERRORS, first_line
+
+    for shard in sorted(path.glob("*.arrow")):
+        try:
+            with pa.memory_map(str(shard)) as source:
+                pa.ipc.open_stream(source).read_all()
+        except ARROW_ERRORS as e:
+            exc, name = e, f"{name}/{shard.name}"
+            break
+    return InputError(name, None, f"cannot be read as a save_to_disk dataset ({first_line(exc)})",
+                      fix="restore it or save the dataset again", reason="unreadable")
 
 
 def _iter_hf_disk(path: Path, name: str) -> Iterator[SourceRow]:

@@ -2,6 +2,7 @@
 
     rows    = iter_rows(INPUT)                     # SourceRow(index, where, record | error)
     chunk k = rows [k*S, (k+1)*S)                  # S = --shard-size; rank r owns k % world == r
+    drop_damaged(kept shards)                      # resuming: a shard that fails its record is rescored
     for each chunk of this rank without a shard:
         examples = to_example(row) -> Renderer     # invalid rows: error, or skipped and counted
         scored   = Scorer.score(examples)          # length-bucketed batches
@@ -26,6 +27,7 @@ from pathlib import Path
 from tokensft import __version__
 from tokensft.core.counts import Counts
 from tokensft.core.errors import InputError
+from tokensft.core.locks import OutputLock, RankLock, rank_locked
 from tokensft.preprocess import output
 from tokensft.preprocess.formats import detect_format, to_example
 from tokensft.core.progress import Progress
@@ -34,16 +36,17 @@ from tokensft.preprocess.render import Renderer
 from tokensft.preprocess.scorer import Scorer
 from tokensft.preprocess.config import ScoreConfig
 from tokensft.preprocess.shards import build_table, scoring_counts, write_shard
-from tokensft.core.schema import SCHEMA_VERSION, scored_schema
+from tokensft.core.schema import SCHEMA_VERSION, STATE_DIR, scored_schema
 
 
 def _fingerprint(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _detect(config: ScoreConfig, kind: str) -> str:
+def detect_record_format(config, kind: str) -> str:
     """The record format: given, or detected on the first parseable record of the whole input
-    (the same record for every rank and every resume, so all agree)."""
+    (the same record for every rank and every resume, so all agree). config: anything with `input`
+    and `format` (a FormatSpec): ScoreConfig, EvalConfig."""
     if config.format.format != "auto":
         return config.format.format
     for row in iter_rows(config.input, kind=kind):
@@ -52,7 +55,7 @@ def _detect(config: ScoreConfig, kind: str) -> str:
     raise InputError(config.input, None, "no parseable record to detect the format from", fix="check the file")
 
 
-def _validate(config: ScoreConfig, kind: str, fmt: str) -> None:
+def validate_rows(config, kind: str, fmt: str) -> None:
     """Parse and normalize every row once (no model), raising the first InputError."""
     for row in iter_rows(config.input, kind=kind):
         if row.error is not None:
@@ -72,10 +75,10 @@ def score(config: ScoreConfig) -> dict:
 
     hf_logging.disable_progress_bar()  # our own bar is the one to watch; theirs interleaves on stderr
     kind = config.input_format or detect_kind(config.input)
-    fmt = _detect(config, kind)
+    fmt = detect_record_format(config, kind)
     num_rows = count_rows(config.input, kind=kind)
     if not config.skip_invalid:
-        _validate(config, kind, fmt)  # seconds, before hours of scoring: fail on row 50,000 now
+        validate_rows(config, kind, fmt)  # seconds, before hours of scoring: fail on row 50,000 now
     loaded = load_model(config.model, dtype=config.dtype, device=config.device)
     # Without --max-length, cap at the model's context: past it positions are meaningless (and
     # memory explodes); such examples are truncated, flagged and counted like any other.
@@ -114,20 +117,24 @@ def score(config: ScoreConfig) -> dict:
     run = {"identity": identity, "metadata": metadata, "num_chunks": num_chunks, "fingerprint": _fingerprint(identity)}
     directory = Path(config.output)
     with ExitStack() as held:
-        with output.OutputLock(directory):
+        with OutputLock(directory, wait=config.wait):  # --no-wait: refused here, before any work
             status = output.prepare(directory, run, config.overwrite, config.resume)
-            if status == "finished":
+            # a rerun over a finished output (no rank writes one) verifies every shard; damaged ones are rescored
+            if status == "finished" and not output.drop_damaged(directory, range(num_chunks), config.world_size):
                 return {"status": "already-finished", "output": str(directory), "metadata": output.load_finished(directory)}
-            held.enter_context(output.RankLock(directory, config.rank))
+            held.enter_context(RankLock(directory, config.rank))
+        if status == "resume":  # verify the shards this rank keeps (other ranks may be writing theirs)
+            output.drop_damaged(directory, range(config.rank, num_chunks, config.world_size), config.world_size)
         pending = [k for k in output.missing_chunks(directory, num_chunks) if k % config.world_size == config.rank]
         totals = _score_chunks(config, kind, fmt, renderer, Scorer(
             loaded.model, top_k=config.top_k, batch_tokens=config.batch_tokens, chunk_size=config.chunk_size,
         ), scored_schema(config.top_k, identity), directory, set(pending), num_rows)
     summary = {"status": status, "output": str(directory), "rank": config.rank, "counts": totals}
-    with output.OutputLock(directory):
+    with OutputLock(directory):
         if output.is_finished(directory):  # another rank finished it meanwhile
             summary.update(status="finished", metadata=output.load_finished(directory))
-        elif not output.missing_chunks(directory, num_chunks):
+        elif not output.missing_chunks(directory, num_chunks) and not rank_locked(directory / STATE_DIR):
+            # (a rank still holding its lock has its shards but maybe not yet their records: it finishes)
             summary.update(status="finished", metadata=output.finish(directory))
         else:
             summary["status"] = "rank-done"
@@ -168,6 +175,7 @@ def _score_chunk(config, fmt, renderer, scorer, schema, directory, chunk, rows, 
                 raise row.error
             example = to_example(row.record, config.format, row.where, fmt)
             result = renderer(example, row.where)
+            stats.add("truncated", int(result.truncated))  # a row truncated, kept or then skipped below
             if not any(label >= 0 for label in result.labels):
                 reason = "no_targets_after_truncation" if result.truncated else "no_targets"
                 _skip(stats, reason, row, config, always=True)
@@ -182,7 +190,6 @@ def _score_chunk(config, fmt, renderer, scorer, schema, directory, chunk, rows, 
     scored = scorer.score(rendered) if rendered else []
     table = build_table(examples, scored, schema)
     stats["written"] = len(scored)
-    stats["truncated"] = sum(r.truncated for r in rendered)
     stats["tokens"] = sum(len(r.input_ids) for r in rendered)
     stats["targets"] = sum(len(s.target_positions) for s in scored)
     write_shard(directory, chunk, table, stats)

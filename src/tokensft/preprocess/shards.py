@@ -3,7 +3,8 @@
 
 Chunk k of the input (rows [k*S, (k+1)*S)) becomes `data-{k:05d}.arrow`, an Arrow IPC stream as
 `datasets` writes it. A shard is written under a temporary name, fsynced and renamed, so a shard
-that exists is complete: that is what resume and merge rely on. Each shard carries its own
+that exists is complete: that is what resume and merge rely on; its record (size, rows, checksum,
+`core.integrity`) tells later whether it still is. Each shard carries its own
 counts (rows read, written, skipped by reason, tokens, targets) in its schema metadata, so the
 finished dataset's counts are the sum over shards with no other bookkeeping to keep in step.
 """
@@ -21,6 +22,7 @@ import pyarrow as pa
 from tokensft.core.counts import Counts
 from tokensft.core.dataset import shard_name
 from tokensft.core.fileio import atomic_write
+from tokensft.core.integrity import write_record
 from tokensft.core.schema import CHUNK_KEY, MESSAGE_TYPE, TOPK_IDS, TOPK_LOGPROBS
 from tokensft.preprocess.formats import Example
 
@@ -95,12 +97,15 @@ def topk_arrays(scored: Sequence[ScoredExample]) -> tuple[pa.Array, pa.Array]:
 
 
 def write_shard(directory: Path, chunk: int, table: pa.Table, stats: Mapping) -> Path:
-    """Write chunk `chunk` atomically (temp file, fsync, rename). Returns the final path."""
+    """Write chunk `chunk` atomically (temp file, fsync, rename), then its record (size, rows,
+    checksum) under DIR/.tokensft/shards/, which finishing and resuming verify it against.
+    Returns the final path."""
     schema = table.schema.with_metadata({**(table.schema.metadata or {}), CHUNK_KEY: json.dumps(stats).encode()})
     final = directory / shard_name(chunk)
     with atomic_write(final, "wb") as sink:
         with pa.ipc.new_stream(sink, schema) as writer:
             writer.write_table(table.replace_schema_metadata(schema.metadata), max_chunksize=1000)
+    write_record(final, table.num_rows)
     return final
 
 

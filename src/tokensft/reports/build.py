@@ -18,7 +18,8 @@ import pandas as pd
 
 from tokensft import __version__
 from tokensft.analysis import (cdf, classify_vocab, compare, enrichment_parts, entropy_vs_probability, jsonable,
-                               load_targets, probability_histogram, summary, token_strings)
+                               load_targets, mask_drift, probability_histogram, summary, token_strings)
+from tokensft.analysis.continuum import agreement
 from tokensft.core.dataset import load_metadata, read_rows, tokenizer_for
 from tokensft.core.errors import ConfigError
 from tokensft.core.fileio import exchange_dirs, temp_sibling
@@ -27,6 +28,7 @@ from tokensft.reports import plots
 from tokensft.reports.html import img, page, table
 from tokensft.reports.sections import (compare_section, continuum_section, enrichment_sections, examples_section,
                                        overview_section, per_example_frame)
+from tokensft.reports.sweep import sweep_section
 from tokensft.reports.tokens import pick_examples
 
 REPORT_FILES = {"index.html", "summary.json", "examples.parquet"}
@@ -34,7 +36,7 @@ COMPARE_ROWS = 30  # tokens moved and examples changed kept in summary.json (exa
 
 
 def write_report(directory: str, output: str, compare_with: str | None = None, model: str | None = None,
-                 examples: int = 8, seed: int = 0, quiet: bool = False) -> dict:
+                 examples: int = 8, seed: int = 0, quiet: bool = False, sweep: str | None = None) -> dict:
     """Build the report of `directory` into `output`; returns {"output", "index", "summary"}.
 
     The inputs and the output are checked first (a one-line error before any work); a progress bar
@@ -44,12 +46,23 @@ def write_report(directory: str, output: str, compare_with: str | None = None, m
         if path is not None:
             load_metadata(path)
     _check_output(Path(output))
+    measured = _sweep_results(sweep) if sweep is not None else None
     with Stages(["reading targets", "analysis", "figures", "page", "writing"], disable=quiet) as stages:
-        return _build(directory, Path(output), compare_with, model, examples, seed, stages, began)
+        return _build(directory, Path(output), compare_with, model, examples, seed, stages, began, measured)
+
+
+def _sweep_results(sweep: str) -> dict:
+    """A finished sweep's results.json (`tokensft sweep ... --output DIR`)."""
+    path = Path(sweep) / "results.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--sweep {sweep}: no readable results.json ({exc}); finish the sweep first "
+                          "(rerun its tokensft sweep command)") from None
 
 
 def _build(directory: str, output: Path, compare_with: str | None, model: str | None, examples: int, seed: int,
-           stages: Stages, began: float) -> dict:
+           stages: Stages, began: float, measured: dict | None = None) -> dict:
     """The stages of write_report: read, analyse, draw, lay out, write."""
     t = load_targets(directory)
     stages.next()
@@ -60,8 +73,11 @@ def _build(directory: str, output: Path, compare_with: str | None, model: str | 
     other = load_targets(compare_with) if compare_with else None
     moved = compare(t, other) if other is not None else None
     if moved is not None:  # the page's comparison tables too, so summary.json holds every number shown
+        moved["mask_drift"] = mask_drift(t, other)
         data["compare"] = {**moved["summary"], **jsonable({"tokens_moved": moved["tokens_moved"].head(COMPARE_ROWS),
-                                                            "examples_changed": moved["examples_changed"].head(COMPARE_ROWS)})}
+                                                            "examples_changed": moved["examples_changed"].head(COMPARE_ROWS),
+                                                            "mask_drift": moved["mask_drift"]["masks"],
+                                                            "mask_drift_by_position": moved["mask_drift"]["by_position"]})}
     data["report"] = {"tokensft_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                       "tokenizer": None if tokenizer is None else type(tokenizer).__name__,
                       "token_classes": classes is not None}
@@ -71,6 +87,10 @@ def _build(directory: str, output: Path, compare_with: str | None, model: str | 
     binned, sample = entropy_vs_probability(t)
     sections = [overview_section(data, tokenizer is not None),
                 continuum_section(data, directory, moved)]
+    if measured is not None:  # beside the guidance it tests
+        sections.append(sweep_section(measured, data["recommendation"]))
+        data["sweep"] = {"ranking": measured.get("ranking"), "arms": measured["arms"],
+                         "agreement": agreement(measured["arms"], data["recommendation"])}
     probs = (img(plots.histogram(hist), "histogram of target probabilities") +
              img(plots.cdf(cdf(t)), "cumulative distribution of target probabilities") +
              "<h3>Quantiles of target p</h3>" + table(pd.DataFrame(data["quantiles"])) +

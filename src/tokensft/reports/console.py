@@ -50,7 +50,8 @@ def enrich_lines(summary: dict) -> list[str]:
 def train_line(summary: dict) -> str:
     """What `tokensft train` prints when it ends: where the model is, and its last metrics."""
     metrics = summary["metrics"]
-    return (f"trained model: {summary['output']} ({summary['steps']} steps, normalize {summary['normalize']}); "
+    done = "already complete with these settings, --overwrite to train again; " if summary.get("complete") else ""
+    return (f"trained model: {summary['output']} ({done}{summary['steps']} steps, normalize {summary['normalize']}); "
             f"last loss {metrics.get('loss', float('nan')):.4f}, mean target p {metrics.get('mean_p', float('nan')):.3f}"
             + (f", eval nll {metrics['eval_nll']:.4f}" if "eval_nll" in metrics else ""))
 
@@ -67,4 +68,49 @@ def report_lines(done: dict, compare_with: str | None) -> list[str]:
     if m and m["mean_p_a"] is not None:
         lines.append(f"  compared with {compare_with} on {m['examples']:,} shared examples: "
                      f"mean p {m['mean_p_a']:.3f} -> {m['mean_p_b']:.3f}")
+    return lines
+
+
+def _rank_done(summary: dict) -> list[str]:
+    return [f"rank {summary['rank']} done; the last rank to end writes {summary['output']}/results.json"]
+
+
+def eval_lines(summary: dict) -> list[str]:
+    """What `tokensft eval` prints when it ends: where, the accuracy, the teacher-forced numbers."""
+    if summary["status"] == "rank-done":
+        return _rank_done(summary)
+    r = summary["results"]
+    done = " (already complete with these settings)" if summary["status"] == "already-finished" else ""
+    lines = [f"eval: {summary['output']}{done}"]
+    if r["accuracy"] is not None:
+        spread = f" (sd over {len(r['accuracy_per_sample'])} samples {r['accuracy_sd']:.3f})" if r["accuracy_sd"] is not None else ""
+        lines.append(f"  accuracy {r['accuracy']:.3f}{spread} on {r['counts']['evaluated']:,} examples ({r['metric']}); "
+                     f"{r['stopped_fraction']:.0%} of completions ended at an end-of-turn token")
+    skipped = r["counts"].get("skipped", {})
+    if skipped:
+        lines.append(f"  skipped {sum(skipped.values()):,} ({', '.join(f'{k} {v:,}' for k, v in skipped.items())})")
+    tf = r.get("teacher_forced")
+    if tf and tf["mean_p"] is not None:
+        lines.append(f"  teacher-forced: mean target p {tf['mean_p']:.3f}, NLL {tf['nll']:.4f} per token "
+                     f"over {tf['targets']:,} targets")
+    return lines
+
+
+def sweep_lines(summary: dict) -> list[str]:
+    """What `tokensft sweep` prints when it ends: the ranking, and whether it agrees with the guidance."""
+    if summary["status"] == "rank-done":
+        return _rank_done(summary)
+    r = summary["results"]
+    lines = [f"sweep: {summary['output']}/index.html"]
+    for arm in sorted(r["arms"], key=lambda a: -(a["accuracy"] if a["accuracy"] is not None else -1.0)):
+        sd = f" +- {arm['accuracy_sd']:.3f}" if arm["accuracy_sd"] is not None else ""
+        p = f", held-out mean p {arm['heldout_mean_p']:.3f}" if arm["heldout_mean_p"] is not None else ""
+        lines.append(f"  {arm['arm']:<28} accuracy {arm['accuracy']:.3f}{sd}{p}")
+    if r.get("baseline"):
+        lines.append(f"  {'(before training)':<28} accuracy {r['baseline']['accuracy']:.3f}")
+    g = r["guidance"]
+    if g["best"] is not None:
+        verdict = "agrees" if g["agree"] else "contradicts it" if g.get("contradicts") else "does not agree"
+        lines.append(f"  guidance ({g['regime']}): {', '.join(g['recommended'])}; the best arm {g['best']} {verdict}"
+                     + (" (within the spread over seeds)" if g["within_noise"] else ""))
     return lines

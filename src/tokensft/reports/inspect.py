@@ -3,14 +3,20 @@
 Metadata (model, tokenizer, render settings, provenance), the Arrow schema, the counts, and a
 few examples shown token by token: the prompt as text, then each target token with its
 probability, log-prob, rank and entropy (and its top alternatives when stored).
+`tokensft inspect DIR --verify` instead reads every shard and checks it against its record and
+the metadata's counts: one line per problem, then a verdict.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
-from tokensft.core.dataset import load, load_metadata, tokenizer_for
+from tokensft.core.dataset import load, load_metadata, read_table, shard_names, tokenizer_for
+from tokensft.core.errors import ConfigError
+from tokensft.core.integrity import UNVERIFIED, check_shard, repair
+from tokensft.core.schema import CHUNK_KEY
 from tokensft.core.schema import REF_MEAN_LOGPROB, TOPK_IDS, TOPK_LOGPROBS, is_mask_column, ref_columns, ref_name
 
 MAX_TOKENS_SHOWN = 60
@@ -112,3 +118,48 @@ def inspect_dataset(directory: str | Path, num_examples: int = 2, model: str | N
         for i in range(min(num_examples, len(dataset))):
             out.append(format_example(dataset[i], tokenizer))
     return "\n".join(out)
+
+
+def verify_dataset(directory: str | Path) -> tuple[list[str], bool]:
+    """Read every shard, check it against its record (size, rows, checksum) and the metadata's
+    counts, and check that `datasets` opens the directory. Returns (lines, ok): one line per
+    problem, then a verdict."""
+    directory = Path(directory)
+    meta = load_metadata(directory)
+    names = shard_names(directory, meta)
+    problems, rows = [], 0
+    for name in names:
+        shard = directory / name
+        try:
+            table = read_table(shard) if shard.is_file() else None
+        except ConfigError:
+            table = None
+        problem = check_shard(shard, rows=None if table is None else table.num_rows)
+        if table is None and problem != "missing":
+            problem = "not a readable Arrow shard" + (f"; {problem}" if problem else "")
+        elif table is not None:
+            rows += table.num_rows
+            written = json.loads((table.schema.metadata or {}).get(CHUNK_KEY, b"{}")).get("written")
+            if not problem and written != table.num_rows:
+                problem = f"{table.num_rows:,} rows where its counts say {written} were written"
+        if problem:
+            problems.append(f"{shard}: {problem}")
+    counted = meta.get("counts", {}).get("written")
+    if len(names) != meta.get("num_shards"):
+        problems.append(f"{directory}: {len(names)} shards where tokensft.json says {meta.get('num_shards')}")
+    elif not problems and rows != counted:
+        problems.append(f"{directory}: the shards hold {rows:,} rows where tokensft.json counts {counted} written")
+    shards_ok = not problems
+    if shards_ok:
+        try:
+            load(directory)  # state.json and dataset_info.json, as `datasets` reads them
+        except ConfigError as exc:
+            problems.append(str(exc))  # names its own fix
+    if not problems:
+        return [f"verified: {len(names)} shards, {rows:,} rows, each as written (size, rows, checksum) "
+                "and as the metadata counts"], True
+    if shards_ok:
+        return [*problems, f"damaged: {directory} cannot be opened"], False
+    unverified = all(p.endswith(UNVERIFIED) for p in problems)
+    verdict = f"unverified: {len(problems)} shard(s) without a record" if unverified else f"damaged: {len(problems)} problem(s)"
+    return [*problems, f"{verdict} in {directory}; {repair(directory, meta)}"], False

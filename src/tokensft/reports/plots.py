@@ -212,3 +212,42 @@ def compare(result: dict, label_a: str = "A", label_b: str = "B") -> bytes:
     right.legend(fontsize=8)
     right.grid(alpha=0.3)
     return png(fig)
+
+
+def sweep(arms: list[dict], baseline: dict | None) -> bytes:
+    """Held-out accuracy per arm (mean, +-1 sd over seeds, each seed a dot) and held-out mean target p."""
+    fig, (left, right) = _figure(9.0, 0.9 + 0.45 * max(len(arms), 2), 2)
+    names = [a["arm"] for a in arms]
+    y = np.arange(len(arms))
+    means = [a["accuracy"] if a["accuracy"] is not None else np.nan for a in arms]
+    left.barh(y, means, xerr=[a["accuracy_sd"] or 0.0 for a in arms], color=BLUE, alpha=0.7, capsize=3)
+    for i, arm in enumerate(arms):
+        left.plot([r["accuracy"] for r in arm["runs"]], [i] * len(arm["runs"]), "o", color="#1e2329", markersize=3)
+    if baseline is not None and baseline["accuracy"] is not None:
+        left.axvline(baseline["accuracy"], color=GREY, linestyle="--", linewidth=1, label="before training")
+        left.legend(fontsize=8, loc="lower right")
+    left.set_yticks(y, names, fontsize=8)
+    left.invert_yaxis()
+    left.set_xlim(0, 1)
+    left.set_xlabel("held-out accuracy")
+    right.barh(y, [a["heldout_mean_p"] if a["heldout_mean_p"] is not None else np.nan for a in arms], color=GREEN, alpha=0.7)
+    if baseline is not None and baseline["heldout_mean_p"] is not None:
+        right.axvline(baseline["heldout_mean_p"], color=GREY, linestyle="--", linewidth=1)
+    right.set_yticks(y, [""] * len(arms))
+    right.invert_yaxis()
+    right.set_xlim(0, 1)
+    right.set_xlabel("held-out mean target p (teacher-forced)")
+    return png(fig)
+
+
+def mask_drift(by_position: pd.DataFrame) -> bytes:
+    """Fraction of targets flipping side of each threshold, along the response."""
+    fig, ax = _figure(7.5, 2.8)
+    for spec, rows in by_position.groupby("spec", sort=False):
+        ax.plot((rows["left"] + rows["right"]) / 2, rows["flipped"], marker="o", markersize=3, label=spec)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("relative position in the response")
+    ax.set_ylabel("flipped fraction")
+    ax.legend(fontsize=8)
+    return png(fig)

@@ -136,6 +136,12 @@ def compare_section(moved: dict, a: str, b: str, token_pieces: list[str]) -> Sec
             "<h3>Tokens that moved most</h3><p class=\"muted\">Token ids seen at least 5 times, by mean change in p.</p>" +
             table(tokens) + "<h3>Examples that changed most</h3>" + table(moved["examples_changed"].head(20)) +
             "<h3>Targets that moved most</h3>" + table(moved["targets_moved"]))
+    if "mask_drift" in moved:
+        drift = moved["mask_drift"]
+        body += ("<h3>Mask drift: stored p⁰ against B's p</h3><p class=\"muted\">ProFit and Beyond Log Likelihood "
+                 "threshold tokens by the current p; a stored mask uses A's. The fraction of targets on the other side "
+                 "of each threshold under B (flipped = dropped + added).</p>" + table(drift["masks"]) +
+                 img(plots.mask_drift(drift["by_position"]), "mask drift by position"))
     return "compare", "Comparison", body
 
 

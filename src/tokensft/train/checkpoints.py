@@ -2,12 +2,19 @@
 
     OUTPUT/checkpoints/step-N/    HF model + tokenizer (loads with from_pretrained), accelerate state
                                   (optimizer, scheduler, RNG), trainer_state.json (step, run identity)
-    OUTPUT/                       the final model, written through a staging directory
+    OUTPUT/                       the final model, written through a staging directory;
+                                  tokensft_train.json (with the run identity) last: the run is finished
 
-A checkpoint directory is built under a temporary name and renamed whole, and trainer_state.json
-is its last file, so a checkpoint that is listed is complete. A rerun of the same command resumes
-from the latest one; a rerun with settings that change the result (objective, data, batch,
-schedule, ...) is refused rather than mixed into the old run.
+A checkpoint directory is built under a temporary name (.step-N.tmp, never listed) and renamed
+whole, and trainer_state.json is its last file, so a checkpoint that is listed is complete. A rerun
+of the same command resumes from the latest one; a rerun with settings that change the result
+(objective, data, batch, schedule, ...) is refused rather than mixed into the old run. A write that
+fails (disk full, permissions) is a SaveError naming the path; the previous checkpoint is kept.
+Where a full disk surfaces, measured (torch 2.13, safetensors 0.8): open().write raises OSError,
+safetensors (model.safetensors, also inside save_pretrained) a SafetensorError "Error while
+serializing: I/O error: No space left on device (os error 28)", and torch.save (accelerate's
+optimizer.bin, scheduler.bin, RNG state) a RuntimeError from its zip writer ("[enforce fail at
+inline_container.cc:...] unexpected pos ...") that carries no errno.
 """
 
 from __future__ import annotations
@@ -15,11 +22,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
-from tokensft.core.errors import ConfigError
+from safetensors import SafetensorError
+
+from tokensft.core.errors import ConfigError, TokensftError
 
 STATE_FILE = "trainer_state.json"
+FINISHED_FILE = "tokensft_train.json"  # the final model's card, moved into OUTPUT last: its presence = finished
+_TORCH_WRITE_FAILED = ("inline_container", "PytorchStreamWriter", "file write failed")  # torch.save's zip writer
+
+
+class SaveError(TokensftError):
+    """A checkpoint or the final model could not be written (disk full, permissions): the last complete
+    checkpoint is kept, and a rerun of the same command resumes from it."""
 # what a resumed run must share with the checkpointed one (batch_size x grad_accum x processes enter as global_batch)
 IDENTITY_FIELDS = ("model", "objective", "mask", "ref", "normalize", "learning_rate", "epochs", "max_steps", "warmup",
                    "weight_decay", "beta1", "beta2", "clip", "seed", "eval_fraction", "dtype", "skip_invalid")
@@ -34,11 +51,38 @@ def run_identity(config, normalize: str, global_batch: int, total: int, data) ->
                      "columns": {k: v for k, v in vars(data.columns).items() if v}}}
 
 
+def differences(saved: dict, identity: dict) -> str:
+    """Which run settings differ, for an error ("" when none): the first with both values, the others by name."""
+    differ = [key for key in sorted(set(identity) | set(saved)) if saved.get(key) != identity.get(key)]
+    if not differ:
+        return ""
+    first, *rest = differ
+    return (f"{first}: {saved.get(first)!r} there, {identity.get(first)!r} now"
+            + (f"; also {', '.join(rest)}" if rest else ""))
+
+
 def checkpoints(output: Path) -> list[Path]:
     """Complete checkpoints (trainer_state.json is written last), oldest first."""
     root = output / "checkpoints"
     found = [p for p in root.glob("step-*") if (p / STATE_FILE).is_file()] if root.is_dir() else []
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def finished(output: Path, identity: dict) -> bool:
+    """Whether `output` holds the finished run of these settings; a ConfigError when it holds one of others."""
+    marker = output / FINISHED_FILE
+    if not marker.is_file():
+        return False
+    try:
+        saved = json.loads(marker.read_text(encoding="utf-8")).get("identity") or {}
+    except (ValueError, AttributeError):
+        raise ConfigError(f"{marker}: not a valid tokensft_train.json; pass --overwrite to train again, or choose "
+                          "another --output") from None
+    differ = differences(saved, identity) if saved else "its settings are not recorded (an older tokensft)"
+    if differ:
+        raise ConfigError(f"{output}: holds a finished run with other settings ({differ}); pass --overwrite to "
+                          "replace it, or choose another --output")
+    return True
 
 
 def resume(accelerator, output: Path, identity: dict, quiet: bool) -> int:
@@ -48,12 +92,9 @@ def resume(accelerator, output: Path, identity: dict, quiet: bool) -> int:
         return 0
     latest = found[-1]
     state = json.loads((latest / STATE_FILE).read_text())
-    saved = state.get("identity", {})
-    differ = [key for key in sorted(set(identity) | set(saved)) if saved.get(key) != identity.get(key)]
+    differ = differences(state.get("identity", {}), identity)
     if differ:
-        key = differ[0]
-        raise ConfigError(f"{output}: holds checkpoints of a run with other settings ({key}: {saved.get(key)!r} there, "
-                          f"{identity.get(key)!r} now{f'; {len(differ) - 1} more differ' if len(differ) > 1 else ''}); "
+        raise ConfigError(f"{output}: holds checkpoints of a run with other settings ({differ}); "
                           "rerun with the same flags to resume, or pass --overwrite or another --output")
     accelerator.load_state(str(latest / "state"))
     if not quiet and accelerator.is_main_process:
@@ -63,6 +104,7 @@ def resume(accelerator, output: Path, identity: dict, quiet: bool) -> int:
 
 def clear(output: Path) -> None:
     """--overwrite: forget a previous run in `output` (its checkpoints, metrics and final model files)."""
+    (output / FINISHED_FILE).unlink(missing_ok=True)  # first: a killed rerun is then never taken as finished
     shutil.rmtree(output / "checkpoints", ignore_errors=True)
     shutil.rmtree(output / ".final.tmp", ignore_errors=True)
     (output / "metrics.jsonl").unlink(missing_ok=True)
@@ -75,28 +117,64 @@ def save_checkpoint(accelerator, module, tokenizer, output: Path, step: int, ide
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)  # a killed run's partial checkpoint
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / "state"))  # every process takes part (sharded states)
+    with _writing(final, "checkpoint", output, tmp if accelerator.is_main_process else None):
+        accelerator.save_state(str(tmp / "state"))  # every process takes part (sharded states)
+        if accelerator.is_main_process:
+            accelerator.unwrap_model(module).model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            (tmp / STATE_FILE).write_text(json.dumps({"step": step, "identity": identity}))
+            tmp.rename(final)
     if accelerator.is_main_process:
-        accelerator.unwrap_model(module).model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step, "identity": identity}))
-        tmp.rename(final)
         for old in checkpoints(output)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 
 
-def save_final(accelerator, module, tokenizer, output: Path, info: dict) -> None:
+def save_final(accelerator, module, tokenizer, output: Path, info: dict, identity: dict) -> None:
     """The final model in OUTPUT, written to a staging directory first and moved in file by file,
-    so every file in OUTPUT is complete whenever it is read (a kill here: rerun to redo it)."""
+    so every file in OUTPUT is complete whenever it is read (a kill here: rerun to redo it), and
+    tokensft_train.json last: a run is finished once it is there. Only the model's files are moved:
+    OUTPUT's .tokensft/ (the locks), checkpoints/ and metrics are left as they are."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         staging = output / ".final.tmp"
         if staging.exists():
             shutil.rmtree(staging)  # a killed run's partial save
-        accelerator.unwrap_model(module).model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        (staging / "tokensft_train.json").write_text(json.dumps(info, indent=2))
-        for file in sorted(staging.iterdir()):
-            os.replace(file, output / file.name)
-        staging.rmdir()
+        with _writing(output, "the final model", output, staging):
+            accelerator.unwrap_model(module).model.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+            (staging / FINISHED_FILE).write_text(json.dumps({**info, "identity": identity}, indent=2))
+            for file in sorted(staging.iterdir(), key=lambda f: f.name == FINISHED_FILE):  # the marker last
+                os.replace(file, output / file.name)
+            staging.rmdir()
+
+
+@contextmanager
+def _writing(path: Path, what: str, output: Path, partial: Path | None):
+    """A failed write (see the module docstring for what raises) as a one-line SaveError naming `path`;
+    `partial`, the half-written directory, is removed (it is never listed as a checkpoint anyway)."""
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        reason = _write_failure(exc)
+        if reason is None:  # a RuntimeError that is no write failure: a bug, with its traceback
+            raise
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)  # frees what it took of the disk
+        found = checkpoints(output)
+        kept = (f"the last complete checkpoint, {found[-1]}, is kept: free some space and rerun the same command to "
+                "resume from it" if found else "there is no checkpoint to resume from (--save-every N makes them): "
+                "free some space and rerun the same command")
+        raise SaveError(f"{path}: cannot write {what} ({reason}); {kept}") from exc
+
+
+def _write_failure(exc: Exception) -> str | None:
+    """Why a write failed, in a few words; None when `exc` is not a write failure."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    text = " ".join(str(exc).split())
+    if isinstance(exc, SafetensorError) and "I/O error: " in text:
+        return text.split("I/O error: ")[-1]
+    if any(marker in text for marker in _TORCH_WRITE_FAILED):
+        return "torch.save could not write its file; is the disk full?"
+    return None

@@ -83,8 +83,11 @@ class TrainConfig:
             raise ConfigError("--eval-fraction must be in [0, 1) and --warmup in [0, 1]")
         if self.eval_every and not self.eval_fraction:
             raise ConfigError(f"--eval-every {self.eval_every}: there is no held-out split; add --eval-fraction")
-        if self.learning_rate <= 0 or (self.max_steps is not None and self.max_steps < 1) or self.epochs <= 0:
-            raise ConfigError("--learning-rate, --epochs and --max-steps must be positive")
+        for flag, value in {"learning-rate": self.learning_rate, "epochs": self.epochs, "max-steps": self.max_steps}.items():
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{flag} {value}: must be positive")
+        if self.seed < 0:  # numpy's generators, which draw the data order, take none
+            raise ConfigError(f"--seed {self.seed}: must be >= 0")
         if self.clip < 0 or self.weight_decay < 0:
             raise ConfigError("--clip and --weight-decay must be >= 0 (--clip 0: no clipping)")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from tokensft.core.errors import ConfigError
@@ -96,6 +97,24 @@ class TrainData:
         if len(self.train_indices) == 0:
             raise ConfigError(f"{directory}: no examples left to train on ({len(self.eval_indices)} held out by "
                               f"--eval-fraction {eval_fraction}, {self.skipped} skipped); lower --eval-fraction")
+        self._check_targets(mask, eval_fraction)
+
+    def _check_targets(self, mask: str | None, eval_fraction: float) -> None:
+        """A ConfigError when the train split has no supervised target, or none the stored --mask keeps:
+        such a run would "train" on nothing (loss 0, the weights moved by weight decay alone)."""
+        held_out = f"; {len(self.eval_indices)} held out by --eval-fraction {eval_fraction}" if eval_fraction else ""
+        split = f"the train split ({len(self.train_indices)} examples{held_out})"
+        targets = int(self.table.column("num_targets").to_numpy()[self.train_indices].sum())
+        if targets == 0:
+            raise ConfigError(f"{self.directory}: {split} has no supervised targets (every label is -100): nothing to "
+                              "train on; check that its examples have responses (not cut off by score --max-length)")
+        if self.columns.mask:
+            # 1 on kept targets, 0 elsewhere; every row is train or eval (only poft skips rows, and it takes no mask)
+            column = self.table.column(self.columns.mask)
+            kept = _mask_sum(column) - _mask_sum(column.take(pa.array(self.eval_indices, pa.int64())))
+            if kept == 0:
+                raise ConfigError(f"{self.directory}: --mask {parse_mask(mask).spec} keeps 0 of the {targets} targets of "
+                                  f"{split}: nothing to train on; loosen the mask (tokensft enrich --mask ...)")
 
     def step_indices(self, step: int, global_batch: int, seed: int, budget: int | None = None) -> np.ndarray:
         """The train examples of optimizer step `step` (0-based): a stream of epochs, each a fresh
@@ -126,6 +145,11 @@ class TrainData:
     def collate(self, indices, pad_id: int) -> dict:
         """Tensors for a micro-batch of these rows (see `collate_rows`)."""
         return collate_rows(self.table.take(pa.array(np.asarray(indices, dtype=np.int64))), self.columns, pad_id)
+
+
+def _mask_sum(column) -> int:
+    """Kept targets in a mask column (list<int8>), without copying it: its flat values summed."""
+    return int(pc.sum(pc.list_flatten(column)).as_py() or 0)
 
 
 def collate_rows(rows: pa.Table, columns: Columns, pad_id: int) -> dict:

@@ -1,6 +1,10 @@
 """`tokensft train`: the training loop, explicit, top to bottom, on accelerate.
 
-    setup:  data (checked), model + tokenizer (fingerprint checked), AdamW, cosine schedule, accelerate
+    setup:  data (checked: something to train on), tokenizer (fingerprint checked), OUTPUT (empty or
+            a training output), accelerate
+    guard:  every process takes its rank lock on OUTPUT (one run per output); a finished run of the
+            same settings is complete (nothing to do), of other settings refused unless --overwrite
+    model, AdamW, cosine schedule
     resume: the latest complete checkpoint in OUTPUT/checkpoints, if any (exact: weights, optimizer,
             scheduler, RNG; the data order is a function of the step)
     for step in range(start, total):
@@ -9,7 +13,8 @@
         denominator = counts over all micro-batches, summed over processes
         for each micro-batch: loss = objective(...) / denominator; backward (grads synced on the last)
         online kept count (thresholds, kept-targets): gradients / the step's global kept count
-        clip, optimizer step, scheduler step; log metrics; maybe evaluate; maybe checkpoint
+        clip, optimizer step, scheduler step; log metrics (a step that kept no target: flagged, warned);
+        maybe evaluate; maybe checkpoint
     save the final model to OUTPUT (loads with AutoModelForCausalLM.from_pretrained)
 
 `accelerate launch -m tokensft train ...` runs it on several processes or machines (DDP; FSDP and
@@ -36,6 +41,7 @@ from tokensft.train.config import TrainConfig
 from tokensft.train.data import TrainData
 from tokensft.train.loss import Denominator, count_batch, micro_batch_loss
 from tokensft.train.objectives import parse_objective
+from tokensft.train.output import check_output, locked
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +83,11 @@ def train(config: TrainConfig) -> dict:
     """Train (or resume); returns a summary with the output directory and the last metrics."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, set_seed
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     from tokensft.core.models import load_tokenizer, resolve_model_dir, tokenizer_fingerprint
-    from tokensft.train.progress import StepLog
+    from tokensft.train.progress import StepLog, last_metrics
 
     config.validate()
     hf_logging.disable_progress_bar()
@@ -93,98 +99,112 @@ def train(config: TrainConfig) -> dict:
     if tokenizer_fingerprint(tokenizer, chat_template=False) != data.meta.get("token_fingerprint"):
         raise ConfigError(f"--model {config.model}: its tokenizer differs from the one {config.data} was scored with "
                           "(token fingerprints differ); train a model that shares the scorer's tokenizer")
+    output = Path(config.output)
+    check_output(output, path, Path(config.data))  # before anything is written there
+    data.check_context(getattr(AutoConfig.from_pretrained(path, local_files_only=True), "max_position_embeddings", None),
+                       config.model)
     use_cuda = torch.cuda.is_available()
     # step_scheduler_with_optimizer=False: one schedule step per optimizer step whatever the process
     # count (accelerate would otherwise step it once per process, assuming a per-process data loader)
     accelerator = Accelerator(mixed_precision=_precision(config.dtype, use_cuda), cpu=not use_cuda,
                               step_scheduler_with_optimizer=False)
-    set_seed(config.seed)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
-    model.config.use_cache = False
-    data.check_context(getattr(model.config, "max_position_embeddings", None), config.model)
-    module = ObjectiveModule(model, objective, normalize, config.chunk_size)
     world = accelerator.num_processes
     global_batch = config.batch_size * config.grad_accum * world
     budget = config.max_steps * global_batch if config.max_steps else math.ceil(config.epochs * len(data.train_indices))
     total = math.ceil(budget / global_batch)  # the last step takes what is left of the budget
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(config.beta1, config.beta2),
-                                  weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(total, math.ceil(config.warmup * total)))
-    module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
-    output = Path(config.output)
     identity = checkpoints.run_identity(config, normalize, global_batch, total, data)
-    if config.overwrite and accelerator.is_main_process:
-        checkpoints.clear(output)
-    accelerator.wait_for_everyone()
-    start = checkpoints.resume(accelerator, output, identity, config.quiet)
-    if accelerator.is_main_process:
-        output.mkdir(parents=True, exist_ok=True)
-        with atomic_write(output / "train_config.json", "w", encoding="utf-8") as f:
-            settings = {k: v for k, v in asdict(config).items() if k != "overwrite"}  # read back by --config: never overwrite
-            json.dump({**settings, "normalize": normalize, "total_steps": total, "world_size": world}, f, indent=2)
-    log = StepLog(output / "metrics.jsonl", total, start, disable=config.quiet or not accelerator.is_main_process,
-                  main=accelerator.is_main_process)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    # an online kept count (thresholds under kept-targets) is only known after the forward passes:
-    # the micro-batches backward their sums and the gradients are divided by the step's global
-    # count, so the step is the same however it is split. DeepSpeed owns the gradients: there each
-    # micro-batch divides by its own count instead (see tokensft.train.loss)
-    rescale = (normalize == "kept-targets" and objective.online_kept
-               and accelerator.distributed_type != DistributedType.DEEPSPEED)
-    last = {}
-    for step in range(start, total):
-        began = time.perf_counter()
-        drawn = data.step_indices(step, global_batch, config.seed, budget)
-        batches = _micro_batches(data, drawn, accelerator.process_index, world, config.batch_size, pad_id)
-        counts = accelerator.reduce(_counts(batches).to(accelerator.device), reduction="sum").tolist()
-        denominator = Denominator(counts[0], counts[1], None if objective.online_kept else counts[2], len(batches),
-                                  world, rescale)
-        sums, losses = {}, []
-        module.train()
-        for i, batch in enumerate(batches):
-            batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            sync = i == len(batches) - 1
-            with accelerator.no_sync(module) if not sync else nullcontext():  # sync grads once per step
-                loss, stats = module(batch, denominator)
-                accelerator.backward(loss)
-            losses.append(loss.detach())
-            stats["loss"] = loss.detach() / world  # undo the * world_size that offsets DDP's gradient averaging
-            for key, value in stats.items():
-                sums[key] = sums.get(key, 0.0) + value
-        kept_total = 1.0
-        if rescale:  # one collective: the step's kept targets on every process
-            kept_total = accelerator.reduce(torch.as_tensor(sums.get("kept", 0.0), dtype=torch.float32,
-                                                            device=accelerator.device).reshape(1), reduction="sum").clamp(min=1.0)
-            for p in module.parameters():
-                if p.grad is not None:
-                    p.grad.div_(kept_total.to(p.grad.dtype))
-        # --clip 0: no clipping, but the norm is still logged (and checked)
-        grad_norm = accelerator.clip_grad_norm_(module.parameters(), config.clip if config.clip > 0 else float("inf"))
-        _check_finite(step, losses, torch.as_tensor(grad_norm, device=accelerator.device), batches, output)
-        lr = scheduler.get_last_lr()[0]  # the rate this step uses
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        totals = dict(zip(STAT_KEYS, accelerator.reduce(_stack(sums, accelerator.device), reduction="sum").tolist()))
-        totals["loss"] /= float(kept_total)
-        last = _metrics(step + 1, total, totals, lr, float(grad_norm), time.perf_counter() - began, counts[0])
-        if config.eval_every and (step + 1) % config.eval_every == 0 and len(data.eval_indices):
+    with locked(accelerator, output):  # one run writes an output: a second is refused, on every process
+        if not config.overwrite and checkpoints.finished(output, identity):  # other settings: refused
+            accelerator.end_training()
+            return {"output": str(output), "steps": total, "metrics": last_metrics(output / "metrics.jsonl", total),
+                    "normalize": normalize, "complete": True}
+        set_seed(config.seed)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+        model.config.use_cache = False
+        module = ObjectiveModule(model, objective, normalize, config.chunk_size)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(config.beta1, config.beta2),
+                                      weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(total, math.ceil(config.warmup * total)))
+        module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+        if config.overwrite and accelerator.is_main_process:
+            checkpoints.clear(output)
+        accelerator.wait_for_everyone()
+        start = checkpoints.resume(accelerator, output, identity, config.quiet)
+        if accelerator.is_main_process:
+            output.mkdir(parents=True, exist_ok=True)
+            with atomic_write(output / "train_config.json", "w", encoding="utf-8") as f:
+                settings = {k: v for k, v in asdict(config).items() if k != "overwrite"}  # read back by --config
+                json.dump({**settings, "normalize": normalize, "total_steps": total, "world_size": world}, f, indent=2)
+        log = StepLog(output / "metrics.jsonl", total, start, disable=config.quiet or not accelerator.is_main_process,
+                      main=accelerator.is_main_process)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # an online kept count (thresholds under kept-targets) is only known after the forward passes:
+        # the micro-batches backward their sums and the gradients are divided by the step's global
+        # count, so the step is the same however it is split. DeepSpeed owns the gradients: there each
+        # micro-batch divides by its own count instead (see tokensft.train.loss)
+        rescale = (normalize == "kept-targets" and objective.online_kept
+                   and accelerator.distributed_type != DistributedType.DEEPSPEED)
+        last = {}
+        for step in range(start, total):
+            began = time.perf_counter()
+            drawn = data.step_indices(step, global_batch, config.seed, budget)
+            batches = _micro_batches(data, drawn, accelerator.process_index, world, config.batch_size, pad_id)
+            counts = accelerator.reduce(_counts(batches).to(accelerator.device), reduction="sum").tolist()
+            denominator = Denominator(counts[0], counts[1], None if objective.online_kept else counts[2], len(batches),
+                                      world, rescale)
+            sums, losses = {}, []
+            module.train()
+            for i, batch in enumerate(batches):
+                batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                sync = i == len(batches) - 1
+                with accelerator.no_sync(module) if not sync else nullcontext():  # sync grads once per step
+                    loss, stats = module(batch, denominator)
+                    accelerator.backward(loss)
+                losses.append(loss.detach())
+                stats["loss"] = loss.detach() / world  # undo the * world_size that offsets DDP's gradient averaging
+                for key, value in stats.items():
+                    sums[key] = sums.get(key, 0.0) + value
+            kept_total = 1.0
+            if rescale:  # one collective: the step's kept targets on every process
+                kept = torch.as_tensor(sums.get("kept", 0.0), dtype=torch.float32, device=accelerator.device).reshape(1)
+                kept_total = accelerator.reduce(kept, reduction="sum").clamp(min=1.0)
+                for p in module.parameters():
+                    if p.grad is not None:
+                        p.grad.div_(kept_total.to(p.grad.dtype))
+            # --clip 0: no clipping, but the norm is still logged (and checked)
+            grad_norm = accelerator.clip_grad_norm_(module.parameters(), config.clip if config.clip > 0 else float("inf"))
+            _check_finite(step, losses, torch.as_tensor(grad_norm, device=accelerator.device), batches, output)
+            lr = scheduler.get_last_lr()[0]  # the rate this step uses
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            totals = dict(zip(STAT_KEYS, accelerator.reduce(_stack(sums, accelerator.device), reduction="sum").tolist()))
+            totals["loss"] /= float(kept_total)
+            last = _metrics(step + 1, total, totals, lr, float(grad_norm), time.perf_counter() - began, counts[0])
+            if totals["kept"] == 0:  # the step trained nothing (an online threshold kept no target): counted, not silent
+                log.zero_kept += 1
+                last.update(zero_kept=True, zero_kept_steps=log.zero_kept)
+                log.warning(f"step {step + 1} of {total}: no target kept ({config.objective} kept none of the step's "
+                            f"{counts[0]:.0f} targets; {log.zero_kept} such step{'s' * (log.zero_kept > 1)} so far)")
+            if config.eval_every and (step + 1) % config.eval_every == 0 and len(data.eval_indices):
+                last.update(evaluate(module, data, config, accelerator, pad_id))
+            log.write(last)
+            if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < total:
+                checkpoints.save_checkpoint(accelerator, module, tokenizer, output, step + 1, identity,
+                                            config.keep_checkpoints)
+        if len(data.eval_indices) and "eval_loss" not in last:
             last.update(evaluate(module, data, config, accelerator, pad_id))
-        log.write(last)
-        if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < total:
-            checkpoints.save_checkpoint(accelerator, module, tokenizer, output, step + 1, identity, config.keep_checkpoints)
-    if len(data.eval_indices) and "eval_loss" not in last:
-        last.update(evaluate(module, data, config, accelerator, pad_id))
-        log.write({"step": total, **{k: v for k, v in last.items() if k.startswith("eval_")}})
-    log.close()
-    checkpoints.save_final(accelerator, module, tokenizer, output, {
-        "base_model": name, "data": config.data, "objective": config.objective, "mask": config.mask, "ref": config.ref,
-        "train_examples": int(len(data.train_indices)), "eval_examples": int(len(data.eval_indices)),
-        "skipped_examples": data.skipped})
-    # destroy the process group (several processes): left to the interpreter's exit, gloo's threads
-    # sometimes abort it ("terminate called without an active exception") after all the work is saved
-    accelerator.end_training()
-    return {"output": str(output), "steps": total, "metrics": last, "normalize": normalize}
+            log.write({"step": total, **{k: v for k, v in last.items() if k.startswith("eval_")}})
+        log.close()
+        checkpoints.save_final(accelerator, module, tokenizer, output, {
+            "base_model": name, "data": config.data, "objective": config.objective, "mask": config.mask, "ref": config.ref,
+            "train_examples": int(len(data.train_indices)), "eval_examples": int(len(data.eval_indices)),
+            "skipped_examples": data.skipped}, identity)
+        # destroy the process group (several processes): left to the interpreter's exit, gloo's threads
+        # sometimes abort it ("terminate called without an active exception") after all the work is saved
+        accelerator.end_training()
+        return {"output": str(output), "steps": total, "metrics": last, "normalize": normalize,
+                "zero_kept_steps": log.zero_kept}
 
 
 def _micro_batches(data: TrainData, drawn, rank: int, world: int, batch_size: int, pad_id: int) -> list[dict]:

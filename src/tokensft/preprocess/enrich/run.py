@@ -17,6 +17,7 @@ import pyarrow as pa
 from tokensft.core.dataset import load_metadata, read_shard_info, read_table, shard_name
 from tokensft.core.errors import ConfigError
 from tokensft.core.fileio import atomic_write
+from tokensft.core.locks import OutputLock, RankLock
 from tokensft.core.progress import Progress
 from tokensft.core.schema import ENRICH_KEY
 from tokensft.preprocess import output
@@ -38,7 +39,7 @@ def enrich(config: EnrichConfig) -> dict:
     in_place = config.output is None or Path(config.output).resolve() == source
     target = _staging(source) if in_place else Path(config.output).resolve()
     rank_lock = None
-    with _lock(source, target, in_place):
+    with _lock(source, target, in_place, wait=config.wait):  # --no-wait: refused here, before any work
         if in_place:
             _settle_staging(source)
         plan = make_plan(config, source, target, in_place)
@@ -46,8 +47,8 @@ def enrich(config: EnrichConfig) -> dict:
             return {"status": "already-enriched", "output": str(source), "metadata": plan.meta}
         if not in_place and _finished_run(target, plan.identity) is not None:
             return {"status": "already-finished", "output": str(target), "metadata": output.load_finished(target)}
-        _prepare(plan, overwrite=config.overwrite or in_place)
-        rank_lock = output.RankLock(target, config.rank).__enter__()
+        _prepare(plan, overwrite=config.overwrite, staging=in_place)
+        rank_lock = RankLock(target, config.rank).__enter__()
     try:
         for job in plan.jobs:
             _run_job(config, plan, job)
@@ -57,12 +58,12 @@ def enrich(config: EnrichConfig) -> dict:
         rank_lock.__exit__(None, None, None)
 
 
-def _lock(source: Path, target: Path, in_place: bool):
+def _lock(source: Path, target: Path, in_place: bool, wait: bool = True):
     """In place: a sibling `.NAME.enrich.lock` (the dataset and its staging both get swapped);
     into --output: that output's own lock."""
     if in_place:
-        return output.OutputLock(source.parent, name=f".{source.name}.enrich.lock")
-    return output.OutputLock(target)
+        return OutputLock(source.parent, name=f".{source.name}.enrich.lock", wait=wait)
+    return OutputLock(target, wait=wait)
 
 
 def _staging(source: Path) -> Path:
@@ -90,19 +91,23 @@ def _settle_staging(source: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _prepare(plan: EnrichPlan, overwrite: bool) -> None:
+def _prepare(plan: EnrichPlan, overwrite: bool, staging: bool) -> None:
     """Make the target ready: resume this run's parts and shards, or start over (refused while
-    another process writes there)."""
+    another process writes there). staging: the target is in-place enrichment's own hidden sibling,
+    so another run's leftovers there are replaced without --overwrite; this run's own are resumed."""
     target, run = plan.target, plan.run
     try:
         existing = output.read_run(target)
     except ConfigError:
         existing = None
-        if overwrite:
+        if overwrite or staging:
             shutil.rmtree(target / output.STATE_DIR, ignore_errors=True)
     if existing and existing.get("enrich_identity") == run["identity"] and not output.is_finished(target):
         output.write_json_atomic(target / output.STATE_DIR / output.RUN_FILE, run)  # killed just before finishing
-    output.prepare(target, run, overwrite=overwrite)
+        existing = run
+    overwrite = overwrite or (staging and (existing or {}).get("identity") != run["identity"])
+    if output.prepare(target, run, overwrite=overwrite) == "resume":  # final shards are written under our lock:
+        output.drop_damaged(target, range(plan.num_chunks))  # a damaged one is rebuilt from its source and parts
 
 
 def _run_job(config: EnrichConfig, plan: EnrichPlan, job) -> None:

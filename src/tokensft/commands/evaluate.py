@@ -1,0 +1,117 @@
+"""`tokensft eval` and `tokensft sweep`: their flags, and the calls into `tokensft.evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from tokensft.commands.common import add_record_flags, add_run_flags, given, nonnegative_int
+from tokensft.commands.train import add_train_settings
+from tokensft.core.errors import TokensftError
+from tokensft.reports import console
+
+SWEEP_SETS = ("data", "output", "objective", "mask", "seed", "overwrite", "quiet", "config")  # per arm, by sweep
+
+
+def _add_decoding(p):
+    """The decoding and answer-check flags (EvalConfig's fields), shared by eval and sweep; returns the group."""
+    from tokensft.evaluate.config import EvalConfig as D
+
+    d = p.add_argument_group("decoding and answers")
+    d.add_argument("--metric", help=f"exact, numeric (last number; GSM8K's #### understood), contains, or regex:PATTERN "
+                                    f"(its first group) (default {D.metric})")
+    d.add_argument("--max-new-tokens", type=int, help=f"tokens generated at most per completion (default {D.max_new_tokens})")
+    d.add_argument("--temperature", type=float, help=f"0: greedy (default {D.temperature})")
+    d.add_argument("--samples", type=int, help="completions per example, accuracy averaged over them (avg@N, as BLL "
+                                               f"reports); needs --temperature (default {D.samples})")
+    return d
+
+
+def add(sub) -> None:
+    from tokensft.evaluate.config import EvalConfig as D
+
+    p = sub.add_parser(
+        "eval", help="held-out task accuracy by generation (and teacher-forced mean target p)",
+        description="Generate an answer to every held-out record's prompt (rendered exactly as scoring renders it), "
+        "check it against the record's answer, and score the records teacher-forced. Writes examples.parquet and "
+        "results.json; a killed run resumes.")
+    p.add_argument("model", help="a local HF directory, a `tokensft train` output, a .gguf file, or smollm2-135m-instruct")
+    p.add_argument("input", help="held-out records, in any format `tokensft score` reads")
+    p.add_argument("--output", "-o", required=True, help="eval directory (results.json, examples.parquet, scored/)")
+    d = _add_decoding(p)
+    d.add_argument("--seed", type=nonnegative_int, help=f"sampling seed (default {D.seed})")
+    g, r = add_record_flags(p, "rendering")
+    g.add_argument("--skip-invalid", action="store_true", default=None, help="skip invalid rows, counted by reason")
+    r.add_argument("--shard-size", type=int, help=f"input rows per part, the unit of resume (default {D.shard_size})")
+    r.add_argument("--teacher-forced", action=argparse.BooleanOptionalAction, default=None,
+                   help="also score the records (DIR/scored): held-out mean target p and NLL per token (default)")
+    add_run_flags(p, ranks="input chunk k is evaluated by rank k mod world size")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
+                   help="continue an interrupted run with the same settings (default); --no-resume starts it over")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace an eval with other settings")
+    p.set_defaults(func=run_eval)
+    _add_sweep(sub)
+
+
+def run_eval(args) -> int:
+    from tokensft.evaluate.config import EvalConfig
+    from tokensft.evaluate.run import evaluate
+    from tokensft.preprocess.formats import FormatSpec
+
+    config = EvalConfig(model=args.model, input=args.input, output=args.output,
+                        format=FormatSpec(**given(args, FormatSpec)), command=shlex.join(["tokensft", *args.argv]),
+                        **given(args, EvalConfig, exclude=("model", "input", "output", "format")))
+    print("\n".join(console.eval_lines(evaluate(config))))
+    return 0
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser(
+        "sweep", help="train several objectives on one scored dataset and evaluate each side by side",
+        description="The empirical version of the report's advice: from one scored (enriched) dataset, train each "
+        "objective from the same model with the same settings, data order and seeds, evaluate each with "
+        "`tokensft eval`, and rank them (DIR/results.json, DIR/index.html). Every arm is a normal train and eval "
+        "output under DIR/arms/: a killed sweep resumes arm by arm.")
+    p.add_argument("data", help="a dataset written by `tokensft score` (and `enrich`): the training data of every arm")
+    p.add_argument("--objectives", required=True, help="arms, comma-separated: OBJECTIVE[@MASK], e.g. "
+                   "nll,p,threshold-nll:0.2,profit:0.1,nll@prob>=0.1,qtarget:gamma=0.5,prior=teacher")
+    p.add_argument("--eval", required=True, dest="heldout", metavar="HELDOUT", help="held-out records (any score format)")
+    p.add_argument("--output", "-o", required=True, help="sweep directory")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds; each arm trains once per seed (default 0)")
+    p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                   help="also evaluate the initial model (default)")
+    add_train_settings(p)  # every train setting, applied to all arms
+    _add_decoding(p)
+    g, _ = add_record_flags(p, "held-out records: rendering")
+    for flag in ("--rank", "--world-size"):
+        p.add_argument(flag, type=nonnegative_int, help="arms split across ranks, job i on rank i mod world size "
+                                                        "(default 0 of 1)")
+    p.add_argument("--overwrite", action="store_true", help="start over when the settings changed")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_sweep)
+
+
+def run_sweep(args) -> int:
+    from tokensft.evaluate.config import EvalConfig
+    from tokensft.evaluate.sweep import SweepConfig, sweep
+    from tokensft.preprocess.formats import FormatSpec
+    from tokensft.train.config import TrainConfig
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise TokensftError(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 0,1,2") from None
+    if args.seed is not None:  # train's --seed, which the sweep sets per arm
+        raise TokensftError(f"--seed {args.seed}: a sweep trains each arm once per seed of --seeds; use --seeds {args.seed}")
+    train = given(args, TrainConfig, exclude=SWEEP_SETS)
+    evaluation = given(args, EvalConfig, exclude=("model", "input", "output", "format", "seed", "quiet", "rank",
+                                                  "world_size", "overwrite", "skip_invalid", "wait", "resume"))
+    spec = given(args, FormatSpec)
+    if spec:
+        evaluation["format"] = spec  # a dict here (results.json keeps it); EvalConfig gets a FormatSpec
+    config = SweepConfig(data=args.data, heldout=args.heldout, output=args.output, objectives=args.objectives,
+                         seeds=seeds, baseline=args.baseline, train=train, eval=evaluation,
+                         rank=args.rank or 0, world_size=args.world_size or 1, overwrite=args.overwrite,
+                         quiet=args.quiet, command=shlex.join(["tokensft", *args.argv]))
+    print("\n".join(console.sweep_lines(sweep(config))))
+    return 0

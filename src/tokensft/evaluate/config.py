@@ -1,0 +1,53 @@
+"""`tokensft eval`'s settings: one dataclass, its defaults and checks (no torch: the CLI reads it).
+
+The run flags (batch tokens, dtype, device, rank, quiet, ...) are RunConfig's, shared with score,
+which eval also runs for its teacher-forced numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from tokensft.core.errors import ConfigError
+from tokensft.evaluate.answers import parse_metric
+from tokensft.preprocess.config import RunConfig
+from tokensft.preprocess.formats import FormatSpec
+
+
+@dataclass
+class EvalConfig(RunConfig):
+    """Everything `tokensft eval` takes (help text lives in cli.py)."""
+
+    model: str
+    input: str
+    output: str
+    metric: str = "exact"  # exact | numeric | contains | regex:PATTERN (see evaluate.answers)
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy
+    samples: int = 1  # completions per example (avg@N); > 1 needs a temperature
+    seed: int = 0  # sampling: each (example, sample) draws from its own generator, seeded from this
+    format: FormatSpec = field(default_factory=FormatSpec)
+    input_format: str | None = None
+    template: str = "auto"
+    max_length: int | None = None  # prompts are cut as scoring cuts them (None: the model's context)
+    shard_size: int = 1000  # input rows per part (the unit of resume)
+    teacher_forced: bool = True  # also score the records: held-out mean target p and NLL per token
+    resume: bool = True
+
+    def validate(self) -> None:
+        super().validate()
+        parse_metric(self.metric)
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"--max-new-tokens {self.max_new_tokens}: must be at least 1")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ConfigError(f"--temperature {self.temperature}: must be >= 0 (0: greedy)")
+        if self.samples < 1:
+            raise ConfigError(f"--samples {self.samples}: must be at least 1")
+        if self.samples > 1 and self.temperature == 0:
+            raise ConfigError(f"--samples {self.samples} with greedy decoding gives the same completion every time; "
+                              "add --temperature (e.g. 0.7)")
+        if self.shard_size < 1:
+            raise ConfigError(f"--shard-size {self.shard_size}: must be positive")
+        if self.max_length is not None and self.max_length < 2:
+            raise ConfigError(f"--max-length {self.max_length}: must be at least 2")

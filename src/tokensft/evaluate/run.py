@@ -1,0 +1,285 @@
+"""`tokensft eval MODEL DATA --output DIR`: held-out task accuracy by generation, resumable.
+
+    rows    = iter_rows(DATA)                       # any input format `tokensft score` reads
+    chunk k = rows [k*S, (k+1)*S); rank r owns k % world == r
+    for each chunk of this rank without its part:
+        prompt     = the render up to the last target turn (score's Renderer, so the prompt tokens
+                     are exactly those training saw before that turn)
+        completion = generate(...)                  # greedy, or seeded samples (avg@N)
+        part k     = one row per (example, sample)  # atomic: a killed run redoes only chunk k
+    teacher-forced numbers: DIR/scored, a `tokensft score` of the same records under the same model
+    when every part exists and DIR/scored is finished: examples.parquet, then results.json
+
+    DIR/.tokensft/run.json     what decides the results (a rerun with other settings is refused)
+    DIR/.tokensft/parts/       one part per chunk
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from contextlib import ExitStack
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tokensft import __version__
+from tokensft.core.counts import Counts
+from tokensft.core.errors import ConfigError, InputError
+from tokensft.core.fileio import atomic_write
+from tokensft.core.locks import OutputLock, RankLock
+from tokensft.core.progress import Progress
+from tokensft.core.schema import IGNORE_INDEX, STATE_DIR
+from tokensft.evaluate.answers import parse_metric
+from tokensft.evaluate.config import EvalConfig
+from tokensft.preprocess.formats import Example, to_example
+from tokensft.preprocess.readers import count_rows, detect_kind, input_fingerprint, iter_rows
+from tokensft.preprocess.render import Renderer
+from tokensft.preprocess.run import detect_record_format, validate_rows
+
+RESULTS, EXAMPLES, SCORED = "results.json", "examples.parquet", "scored"
+OUR_FILES = {RESULTS, EXAMPLES, SCORED, STATE_DIR, ".tokensft.lock"}
+PART_COLUMNS = pa.schema([
+    ("id", pa.string()), ("sample", pa.int32()), ("prompt", pa.string()), ("completion", pa.string()),
+    ("answer", pa.string()), ("reference", pa.string()), ("correct", pa.bool_()),
+    ("prompt_tokens", pa.int32()), ("new_tokens", pa.int32()), ("stopped", pa.bool_()),
+])
+
+
+def evaluate(config: EvalConfig) -> dict:
+    """Run (or resume) this rank's share of an evaluation; write the results once all is done.
+    Returns a summary: status ("finished", "already-finished", "rank-done"), output, results."""
+    from tokensft.core.models import load_model, tokenizer_fingerprint  # deferred: torch
+
+    config.validate()
+    metric = parse_metric(config.metric)
+    kind = config.input_format or detect_kind(config.input)
+    fmt = detect_record_format(config, kind)
+    num_rows = count_rows(config.input, kind=kind)
+    if not config.skip_invalid:
+        validate_rows(config, kind, fmt)  # seconds, before any generation
+    loaded = load_model(config.model, dtype=config.dtype, device=config.device)
+    renderer = Renderer(loaded.tokenizer, config.template,
+                        config.max_length or getattr(loaded.model.config, "max_position_embeddings", None))
+    identity = {
+        "kind": "eval", "input_fingerprint": input_fingerprint(config.input), "model_hash": loaded.content_hash,
+        "tokenizer_fingerprint": tokenizer_fingerprint(loaded.tokenizer), "format": fmt,
+        "format_spec": asdict(config.format), "template": renderer.template, "max_length": renderer.max_length,
+        "metric": metric.spec, "max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
+        "samples": config.samples, "seed": config.seed, "shard_size": config.shard_size,
+        "skip_invalid": config.skip_invalid, "dtype": str(loaded.dtype).removeprefix("torch."),
+        "teacher_forced": config.teacher_forced,
+    }
+    directory = Path(config.output)
+    num_chunks = -(-num_rows // config.shard_size)
+    with ExitStack() as held:
+        with OutputLock(directory, wait=config.wait):  # --no-wait: refused here, before any work
+            if _prepare(directory, identity, config.overwrite, config.resume) == "finished":
+                return {"status": "already-finished", "output": str(directory), "results": _read_results(directory)}
+            held.enter_context(RankLock(directory, config.rank))
+        pending = [k for k in range(num_chunks) if k % config.world_size == config.rank and not _part(directory, k).is_file()]
+        counts = _generate_chunks(config, kind, fmt, renderer, loaded, metric, directory, set(pending), num_rows)
+        del loaded
+        scored = _teacher_forced(config, directory) if config.teacher_forced else None
+    with OutputLock(directory):
+        done = all(_part(directory, k).is_file() for k in range(num_chunks))
+        if done and (scored is None or scored["status"] in ("finished", "already-finished")):
+            results = _finish(config, directory, identity, num_chunks, scored)
+            return {"status": "finished", "output": str(directory), "results": results}
+    return {"status": "rank-done", "output": str(directory), "rank": config.rank, "counts": counts}
+
+
+def _prepare(directory: Path, identity: dict, overwrite: bool, resume: bool) -> str:
+    """"new", "resume" or "finished"; refuses another run's output, or files eval did not write."""
+    directory.mkdir(parents=True, exist_ok=True)
+    foreign = sorted(p.name for p in directory.iterdir() if p.name not in OUR_FILES and ".tmp-" not in p.name)
+    if foreign:
+        raise ConfigError(f"{directory}: not an empty directory or a tokensft eval output (found "
+                          f"{', '.join(foreign[:3])}); choose another --output")
+    run_file = directory / STATE_DIR / "run.json"
+    try:
+        existing = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else None
+    except (OSError, ValueError):
+        existing = None  # unreadable: nothing of it can be trusted, start over
+    if existing == identity and resume and not overwrite:
+        return "finished" if (directory / RESULTS).is_file() else "resume"
+    if existing is not None and existing != identity and not overwrite:
+        changed = sorted(k for k in set(existing) | set(identity) if existing.get(k) != identity.get(k))
+        raise ConfigError(f"{directory} holds an evaluation with other settings (differs in: {', '.join(changed)}); "
+                          "pass --overwrite to replace it, or choose another --output")
+    for name in OUR_FILES - {".tokensft.lock"}:
+        path = directory / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    (directory / STATE_DIR / "parts").mkdir(parents=True)
+    with atomic_write(run_file, "w", encoding="utf-8") as f:
+        json.dump(identity, f, indent=2, sort_keys=True)
+    return "new"
+
+
+def _part(directory: Path, chunk: int) -> Path:
+    return directory / STATE_DIR / "parts" / f"eval-{chunk:05d}.parquet"
+
+
+def sample_seed(seed: int, example_id: str, sample: int) -> int:
+    """The seed of one (example, sample): a hash, so it does not depend on batches, ranks or resumes."""
+    digest = hashlib.blake2b(f"{seed}:{example_id}:{sample}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # torch seeds are < 2**63
+
+
+def eval_prompt(example: Example, renderer: Renderer, where: str) -> tuple[list[int], str]:
+    """(prompt ids, reference): the render before the example's last target turn, and that turn's text.
+
+    The prompt ids are the scoring render's own tokens up to the first token of the last run of
+    targets, so they are exactly what training conditioned that turn on."""
+    targets = [m for m in example.messages if m.is_target]
+    if example.kind == "text" or not targets or len(targets) == len(example.messages):
+        raise InputError(where, "messages", "no prompt to answer (plain text, or only target turns)",
+                         fix="evaluate prompt-response, alpaca or messages records", reason="no_prompt")
+    rendered = renderer(example, where)
+    labels = rendered.labels
+    ends = [t for t in range(len(labels)) if labels[t] != IGNORE_INDEX]
+    if not ends:
+        raise InputError(where, "messages", "the last answer was cut by --max-length", fix="raise --max-length",
+                         reason="no_targets_after_truncation")
+    start = ends[-1]
+    while start > 0 and labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    return rendered.input_ids[:start], targets[-1].content
+
+
+def stop_ids(tokenizer, renderer: Renderer) -> set[int]:
+    """The ids a completion ends with: eos, and the end-of-turn token the template puts after an answer
+    (the last target token of a probe conversation, when it is a special token)."""
+    from tokensft.preprocess.formats import Message
+
+    out = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    probe = Example("probe", "chat", (Message("user", "Hi", False), Message("assistant", "Hello", True)))
+    rendered = renderer(probe, "the end-of-turn probe")
+    last = [y for y in rendered.labels if y != IGNORE_INDEX][-1:]
+    return out | {y for y in last if y in set(tokenizer.all_special_ids)}
+
+
+def _generate_chunks(config, kind, fmt, renderer, loaded, metric, directory, pending, num_rows) -> Counts:
+    """Generate every chunk in `pending`, streaming the input once; one part file per chunk."""
+    counts = Counts(read=0, evaluated=0, skipped={})
+    stops = stop_ids(loaded.tokenizer, renderer)
+    progress = Progress(total_rows=sum(min(config.shard_size, num_rows - k * config.shard_size) for k in pending),
+                        disable=config.quiet, desc="generating")
+    rows, current = [], None
+    for row in iter_rows(config.input, kind=kind):
+        k = row.index // config.shard_size
+        if k != current and rows:
+            counts.merge(_generate_chunk(config, fmt, renderer, loaded, metric, stops, directory, current, rows, progress))
+            rows = []
+        current = k
+        if k in pending:
+            rows.append(row)
+    if rows:
+        counts.merge(_generate_chunk(config, fmt, renderer, loaded, metric, stops, directory, current, rows, progress))
+    for k in sorted(k for k in pending if not _part(directory, k).is_file()):  # chunks the input never filled
+        _write_part(directory, k, [], Counts(read=0, evaluated=0, skipped={}))
+    progress.close()
+    return counts
+
+
+def _generate_chunk(config, fmt, renderer, loaded, metric, stops, directory, chunk, rows, progress) -> Counts:
+    from tokensft.evaluate.generate import generate
+
+    counts = Counts(read=len(rows), evaluated=0, skipped={})
+    todo = []  # (example id, sample, prompt ids, reference)
+    for row in rows:
+        try:
+            if row.error is not None:
+                raise row.error
+            example = to_example(row.record, config.format, row.where, fmt)
+            prompt, reference = eval_prompt(example, renderer, row.where)
+        except InputError as exc:
+            if not config.skip_invalid:
+                raise
+            counts.add("skipped", 1, exc.reason)
+            continue
+        counts.add("evaluated")
+        todo += [(example.id, s, prompt, reference) for s in range(config.samples)]
+    tokenizer = loaded.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+    seeds = [sample_seed(config.seed, i, s) for i, s, _, _ in todo]
+    completions = generate(loaded.model, [t[2] for t in todo], config.max_new_tokens, stops, pad,
+                           config.temperature, seeds, batch_tokens=config.batch_tokens or 1024) if todo else []
+    out = []
+    for (example_id, sample, prompt, reference), ids in zip(todo, completions):
+        stopped = bool(ids) and ids[-1] in stops
+        text = tokenizer.decode(ids[:-1] if stopped else ids, skip_special_tokens=True)
+        out.append({"id": example_id, "sample": sample, "prompt": tokenizer.decode(prompt), "completion": text,
+                    "answer": metric.extract(text), "reference": reference, "correct": metric.correct(text, reference),
+                    "prompt_tokens": len(prompt), "new_tokens": len(ids), "stopped": stopped})
+    _write_part(directory, chunk, out, counts)
+    progress.update(rows=len(rows), targets=sum(r["new_tokens"] for r in out))
+    return counts
+
+
+def _write_part(directory: Path, chunk: int, rows: list[dict], counts: Counts) -> None:
+    table = pa.Table.from_pylist(rows, schema=PART_COLUMNS).replace_schema_metadata({"counts": json.dumps(counts)})
+    with atomic_write(_part(directory, chunk), "wb") as f:
+        pq.write_table(table, f)
+
+
+def _teacher_forced(config: EvalConfig, directory: Path) -> dict:
+    """`tokensft score` of the same records under the same model, into DIR/scored (resumable as score is)."""
+    from tokensft.preprocess.config import ScoreConfig
+    from tokensft.preprocess.run import score
+
+    return score(ScoreConfig(
+        input=config.input, output=str(directory / SCORED), model=config.model, format=config.format,
+        input_format=config.input_format, template=config.template, max_length=config.max_length,
+        batch_tokens=config.batch_tokens, chunk_size=config.chunk_size, dtype=config.dtype, device=config.device,
+        rank=config.rank, world_size=config.world_size, skip_invalid=config.skip_invalid, quiet=config.quiet,
+        command=config.command, shard_size=config.shard_size,
+    ))
+
+
+def _finish(config: EvalConfig, directory: Path, identity: dict, num_chunks: int, scored: dict | None) -> dict:
+    """examples.parquet (every part, in input order), then results.json (its presence = finished)."""
+    parts = [pq.read_table(_part(directory, k)) for k in range(num_chunks)]
+    counts = Counts.total((json.loads(p.schema.metadata[b"counts"]) for p in parts), read=0, evaluated=0, skipped={})
+    table = pa.concat_tables(parts) if parts else PART_COLUMNS.empty_table()
+    table = table.replace_schema_metadata(None)
+    with atomic_write(directory / EXAMPLES, "wb") as f:
+        pq.write_table(table, f)
+    correct = table.column("correct").to_numpy(zero_copy_only=False).astype(float)
+    sample = table.column("sample").to_numpy()
+    per_sample = [float(correct[sample == s].mean()) for s in range(config.samples) if (sample == s).any()]
+    results = {
+        "accuracy": float(np.mean(per_sample)) if per_sample else None,
+        "accuracy_per_sample": per_sample,
+        "accuracy_sd": float(np.std(per_sample, ddof=1)) if len(per_sample) > 1 else None,
+        "metric": identity["metric"], "counts": counts, "completions": table.num_rows,
+        "stopped_fraction": float(table.column("stopped").to_numpy(zero_copy_only=False).mean()) if len(table) else None,
+        "model": {"name": config.model, "content_hash": identity["model_hash"]},
+        "decoding": {k: identity[k] for k in ("max_new_tokens", "temperature", "samples", "seed")},
+        "render": {"format": identity["format"], "template": identity["template"], "max_length": identity["max_length"]},
+        "input": {"path": str(config.input), "fingerprint": identity["input_fingerprint"]},
+        "teacher_forced": _teacher_forced_numbers(directory / SCORED) if scored is not None else None,
+        "command": config.command, "tokensft_version": __version__, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with atomic_write(directory / RESULTS, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+    return results
+
+
+def _teacher_forced_numbers(scored: Path) -> dict:
+    """Mean target p and NLL per target token of the scored records (every target turn)."""
+    from tokensft.analysis import load_targets
+
+    t = load_targets(scored, topk=False)
+    n = t.num_targets
+    return {"mean_p": float(t.prob.mean()) if n else None, "nll": float(-t.logprob.mean()) if n else None,
+            "targets": int(n), "scored": str(scored)}
+
+
+def _read_results(directory: Path) -> dict:
+    return json.loads((directory / RESULTS).read_text(encoding="utf-8"))

@@ -1,0 +1,114 @@
+"""`tokensft eval` end to end on a tiny model: its rows equal a plain render + `model.generate` loop,
+its teacher-forced numbers are the scoring pass's, and a killed run resumes to the clean result."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import dies_on_call, write_jsonl
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import tokensft
+from tokensft.core.errors import ConfigError
+from tokensft.evaluate import run as eval_run
+from tokensft.evaluate.answers import parse_metric
+from tokensft.evaluate.config import EvalConfig
+from tokensft.evaluate.run import evaluate
+from tokensft.preprocess.formats import FormatSpec, to_example
+from tokensft.preprocess.render import Renderer
+
+RECORDS = [
+    {"id": "q0", "question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"},
+    {"id": "q1", "question": "Janet has 16 eggs. She eats 3. How many are left?", "answer": "16 - 3 = 13\n#### 13"},
+    {"id": "q2", "question": "Hi", "answer": "Hello there! #### 0"},
+    {"id": "q3", "question": "How many bolts in total does it take?", "answer": "It takes 3.\n#### 3"},
+    {"id": "q4", "question": "Tell me a joke about cats.", "answer": "The cat naps. #### 1"},
+]
+
+
+def _config(tmp_path, model_dir, **kw):
+    data = write_jsonl(tmp_path / "heldout.jsonl", RECORDS)
+    settings = dict(model=str(model_dir), input=str(data), output=str(tmp_path / "eval"), metric="numeric",
+                    max_new_tokens=10, shard_size=2, quiet=True)
+    return EvalConfig(**{**settings, **kw})
+
+
+def _naive_rows(model_dir, max_new_tokens: int, metric: str) -> list[dict]:
+    """Render each prompt as scoring does (up to the answer's first token), then a plain generate loop."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    renderer = Renderer(tokenizer, "auto", 512)
+    stops = [tokenizer.eos_token_id]
+    rows = []
+    for i, record in enumerate(RECORDS):
+        example = to_example(record, FormatSpec(), f"line {i + 1}", "prompt-response")
+        rendered = renderer(example, "x")
+        first = next(t for t, y in enumerate(rendered.labels) if y != -100)
+        prompt = rendered.input_ids[:first]
+        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,
+                             pad_token_id=tokenizer.pad_token_id or 0)
+        ids = out[0, len(prompt):].tolist()
+        stopped = bool(ids) and ids[-1] in stops
+        text = tokenizer.decode(ids[:-1] if stopped else ids, skip_special_tokens=True)
+        rows.append({"id": record["id"], "completion": text, "new_tokens": len(ids), "stopped": stopped,
+                     "correct": parse_metric(metric).correct(text, record["answer"])})
+    return rows
+
+
+def _rows(directory) -> list[dict]:
+    return pq.read_table(directory / "examples.parquet").to_pylist()
+
+
+def test_eval_equals_a_plain_generate_loop(tmp_path, tiny_dirs, family):
+    config = _config(tmp_path, tiny_dirs[family])
+    summary = evaluate(config)
+    assert summary["status"] == "finished"
+    rows = _rows(tmp_path / "eval")
+    naive = _naive_rows(tiny_dirs[family], 10, "numeric")
+    assert [{k: r[k] for k in naive[0]} for r in rows] == naive
+    assert [r["reference"] for r in rows] == [r["answer"] for r in RECORDS]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["accuracy"] == pytest.approx(sum(r["correct"] for r in naive) / len(naive))
+    assert results["counts"] == {"read": 5, "evaluated": 5, "skipped": {}}
+    # teacher-forced numbers: the scoring pass's own, recomputed here from its rows
+    ds = tokensft.load(tmp_path / "eval" / "scored")
+    logprobs = [lp for row in ds for lp, y in zip(row["logprob"], row["labels"]) if y != -100]
+    tf = results["teacher_forced"]
+    assert tf["targets"] == len(logprobs)
+    assert tf["mean_p"] == pytest.approx(sum(torch.tensor(logprobs).exp().tolist()) / len(logprobs), rel=1e-6)
+    assert tf["nll"] == pytest.approx(-sum(logprobs) / len(logprobs), rel=1e-6)
+    assert evaluate(config)["status"] == "already-finished"
+
+
+def test_killed_eval_resumes_to_the_clean_result(tmp_path, tiny_dirs, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    evaluate(_config(tmp_path / "a", tiny_dirs["bpe"], temperature=0.8, samples=2, teacher_forced=False))
+    killed = _config(tmp_path / "b", tiny_dirs["bpe"], temperature=0.8, samples=2, teacher_forced=False)
+    monkeypatch.setattr(eval_run, "_write_part", dies_on_call(eval_run._write_part, 2))
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(killed)
+    monkeypatch.undo()
+    assert not (tmp_path / "b" / "eval" / "results.json").exists()
+    assert evaluate(killed)["status"] == "finished"
+    assert _rows(tmp_path / "b" / "eval") == _rows(tmp_path / "a" / "eval")  # seeded per (example, sample)
+    a, b = (json.loads((tmp_path / d / "eval" / "results.json").read_text()) for d in "ab")
+    assert a["accuracy_per_sample"] == b["accuracy_per_sample"] and len(a["accuracy_per_sample"]) == 2
+
+
+def test_other_settings_over_an_eval_are_refused(tmp_path, tiny_dirs):
+    evaluate(_config(tmp_path, tiny_dirs["bpe"], teacher_forced=False))
+    with pytest.raises(ConfigError, match="differs in: max_new_tokens"):
+        evaluate(_config(tmp_path, tiny_dirs["bpe"], teacher_forced=False, max_new_tokens=5))
+    assert evaluate(_config(tmp_path, tiny_dirs["bpe"], teacher_forced=False, max_new_tokens=5,
+                            overwrite=True))["status"] == "finished"
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not an empty directory"):
+        evaluate(_config(tmp_path, tiny_dirs["bpe"], output=str(tmp_path / "elsewhere")))
+    with pytest.raises(ConfigError, match="--samples 3 with greedy"):
+        _config(tmp_path, tiny_dirs["bpe"], samples=3).validate()

@@ -1,0 +1,89 @@
+"""`tokensft sweep` on a tiny model: each arm equals `tokensft train` + `tokensft eval` run by hand
+(with the commands the sweep records), a killed sweep resumes without retraining finished arms, and
+`tokensft report --sweep` puts the measurement beside the guidance."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import dies_on_call, write_jsonl
+from test_enrich import scored
+
+from tokensft.cli import main
+from tokensft.core.errors import ConfigError
+from tokensft.evaluate import run as eval_run
+from tokensft.evaluate.sweep import parse_arms
+
+HELDOUT = [{"id": f"h{i}", "question": q, "answer": a} for i, (q, a) in enumerate([
+    ("What is 2 + 2?", "#### 4"), ("Janet has 16 eggs and eats 3. How many are left?", "#### 13"),
+    ("How many bolts in total does it take?", "#### 3"), ("Hi", "#### 0")])]
+
+
+def sweep_cli(data, heldout, out, *extra) -> int:
+    return main(["sweep", str(data), "--objectives", "nll,p", "--eval", str(heldout), "-o", str(out), "--max-steps", "2",
+                 "--batch-size", "4", "--metric", "numeric", "--max-new-tokens", "6", "-q", *map(str, extra)])
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tiny_dirs):
+    tmp = tmp_path_factory.mktemp("sweep-inputs")
+    return scored(tmp, tiny_dirs["bpe"]), write_jsonl(tmp / "heldout.jsonl", HELDOUT)
+
+
+def test_each_arm_equals_train_and_eval_by_hand(inputs, tiny_dirs, tmp_path):
+    data, heldout = inputs
+    out = tmp_path / "sweep"
+    assert sweep_cli(data, heldout, out, "--model", tiny_dirs["bpe"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [a["arm"] for a in results["arms"]] == ["nll", "p"] and (out / "index.html").is_file()
+    arm = results["arms"][1]  # p, seed 0: rerun by hand from the recorded commands, into other directories
+    train_cmd, eval_cmd = (shlex.split(c)[1:] for c in arm["runs"][0]["commands"])
+    mine = tmp_path / "by-hand"
+    train_cmd[train_cmd.index("-o") + 1] = str(mine / "model")
+    eval_cmd[eval_cmd.index("-o") + 1] = str(mine / "eval")
+    eval_cmd[1] = str(mine / "model")
+    assert main([*train_cmd, "-q"]) == 0 and main([*eval_cmd, "-q"]) == 0
+    by_hand = json.loads((mine / "eval" / "results.json").read_text())
+    assert by_hand["accuracy"] == arm["runs"][0]["accuracy"] == arm["accuracy"]
+    assert by_hand["teacher_forced"]["mean_p"] == pytest.approx(arm["heldout_mean_p"])
+    swept = pq.read_table(out / "arms" / "p" / "seed-0" / "eval" / "examples.parquet").to_pylist()
+    assert pq.read_table(mine / "eval" / "examples.parquet").to_pylist() == swept
+    # the report puts the measured ranking beside its guidance
+    assert main(["report", str(data), "-o", str(tmp_path / "report"), "--sweep", str(out), "-q", "-n", "0"]) == 0
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["sweep"]["ranking"] == results["ranking"]
+    assert summary["sweep"]["agreement"]["best"] == results["ranking"][0]
+    assert "Measured: which objective wins" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_a_killed_sweep_resumes_arm_by_arm(inputs, tiny_dirs, tmp_path, monkeypatch):
+    data, heldout = inputs
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    assert sweep_cli(data, heldout, clean, "--model", tiny_dirs["bpe"], "--no-baseline") == 0
+    monkeypatch.setattr(eval_run, "_finish", dies_on_call(eval_run._finish, 2))  # killed in the second arm's eval
+    assert sweep_cli(data, heldout, killed, "--model", tiny_dirs["bpe"], "--no-baseline") == 130
+    monkeypatch.undo()
+    first = killed / "arms" / "nll" / "seed-0" / "model" / "model.safetensors"
+    stamp = first.stat().st_mtime_ns
+    assert not (killed / "results.json").exists()
+    assert sweep_cli(data, heldout, killed, "--model", tiny_dirs["bpe"], "--no-baseline") == 0
+    assert first.stat().st_mtime_ns == stamp  # the finished arm was not trained again
+    a, b = (json.loads((d / "results.json").read_text()) for d in (clean, killed))
+    assert [(x["arm"], x["accuracy"], x["heldout_mean_p"]) for x in a["arms"]] == \
+        [(x["arm"], x["accuracy"], x["heldout_mean_p"]) for x in b["arms"]]
+
+
+def test_arms_and_bad_sweeps(inputs, tiny_dirs, tmp_path, capsys):
+    arms = parse_arms("nll,qtarget:gamma=0.5,prior=uniform,nll@prob>=0.1,threshold-nll:0.2")
+    assert [a.spec for a in arms] == ["nll", "qtarget:gamma=0.5,prior=uniform", "nll@prob>=0.1", "threshold-nll:0.2"]
+    assert len({a.name for a in arms}) == 4
+    for bad in ("nll,nll", "nll,fancy", "nll@prob>=2", ""):
+        with pytest.raises(ConfigError):
+            parse_arms(bad)
+    data, heldout = inputs
+    assert sweep_cli(data, heldout, tmp_path / "s", "--seed", "3") == 2
+    assert "--seeds 3" in capsys.readouterr().err
+    assert sweep_cli(data, heldout, tmp_path / "s", "--seeds", "0,x") == 2
