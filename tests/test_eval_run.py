@@ -12,7 +12,7 @@ from conftest import dies_on_call, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import tokensft
-from tokensft.core.errors import ConfigError
+from tokensft.core.errors import ConfigError, InputError
 from tokensft.evaluate import run as eval_run
 from tokensft.evaluate.answers import parse_metric
 from tokensft.evaluate.config import EvalConfig
@@ -112,3 +112,30 @@ def test_other_settings_over_an_eval_are_refused(tmp_path, tiny_dirs):
         evaluate(_config(tmp_path, tiny_dirs["bpe"], output=str(tmp_path / "elsewhere")))
     with pytest.raises(ConfigError, match="--samples 3 with greedy"):
         _config(tmp_path, tiny_dirs["bpe"], samples=3).validate()
+
+
+def test_multi_turn_prompts_stop_before_the_last_answer_and_too_long_ones_are_skipped(tmp_path, tiny_dirs):
+    chats = [{"id": "m0", "messages": [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"},
+                                       {"role": "user", "content": "And 3 + 3?"}, {"role": "assistant", "content": "#### 6"}]},
+             {"id": "m1", "messages": [{"role": "user", "content": "Hi " * 40}, {"role": "assistant", "content": "#### 1"}]}]
+    data = write_jsonl(tmp_path / "chats.jsonl", chats)
+    config = EvalConfig(model=str(tiny_dirs["bpe"]), input=str(data), output=str(tmp_path / "eval"), metric="numeric",
+                        max_new_tokens=8, max_length=60, skip_invalid=True, teacher_forced=False, quiet=True)
+    evaluate(config)
+    rows = _rows(tmp_path / "eval")
+    assert [r["id"] for r in rows] == ["m0"] and rows[0]["reference"] == "#### 6"
+    assert rows[0]["prompt"].endswith("And 3 + 3?<|im_end|>\n<|im_start|>assistant\n") and "4<|im_end|>" in rows[0]["prompt"]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["counts"] == {"read": 2, "evaluated": 1, "skipped": {"prompt_too_long": 1}}
+    with pytest.raises(InputError, match="prompt has .* tokens"):
+        evaluate(EvalConfig(**{**config.__dict__, "skip_invalid": False, "output": str(tmp_path / "strict")}))
+
+
+def test_stops_include_the_templates_end_of_turn_and_the_generation_eos(tiny_dirs):
+    from tokensft.evaluate.run import stop_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dirs["bpe"])
+    renderer = Renderer(tokenizer, "auto", None)
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert end_of_turn in stop_ids(tokenizer, renderer)
+    assert {end_of_turn, 7, 9} <= stop_ids(tokenizer, renderer, [7, 9])

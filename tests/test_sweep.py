@@ -87,3 +87,27 @@ def test_arms_and_bad_sweeps(inputs, tiny_dirs, tmp_path, capsys):
     assert sweep_cli(data, heldout, tmp_path / "s", "--seed", "3") == 2
     assert "--seeds 3" in capsys.readouterr().err
     assert sweep_cli(data, heldout, tmp_path / "s", "--seeds", "0,x") == 2
+
+
+def test_agreement_judges_objective_families_and_masked_arms():
+    from tokensft.analysis.continuum import agreement
+
+    def arm(spec, acc, sd, seeds=3):
+        return {"arm": spec, "accuracy": acc, "accuracy_sd": sd, "runs": [{}] * seeds}
+
+    strong = {"regime": "model-strong", "objectives": ["p", "threshold-nll:0.2", "dft", "profit:0.1"], "avoid": []}
+    weak = {"regime": "model-weak", "objectives": ["nll"], "avoid": ["p", "profit:0.1"]}
+    got = agreement([arm("nll", 0.50, 0.01), arm("threshold-nll:0.3", 0.60, 0.02)], strong)
+    assert got["best"] == "threshold-nll:0.3" and got["agree"] and not got["contradicts"] and got["within_noise"] is False
+    got = agreement([arm("nll", 0.50, 0.05), arm("nll@prob>=0.1", 0.52, 0.04)], weak)  # ProFit's stored mask
+    assert got["agree"] is False and got["contradicts"] is True and got["within_noise"] is True
+    assert agreement([arm("nll@top-frac:0.5", 0.7, 0.1), arm("p", 0.1, 0.1)], strong)["agree"] is None
+    assert agreement([arm("nll", 0.5, None, 1), arm("p", 0.4, None, 1)], strong)["within_noise"] is None
+    assert agreement([], strong)["best"] is None
+
+
+def test_arm_names_never_collide():
+    names = [a.name for a in parse_arms("nll@prob>=0.1,nll@prob<=0.1,P")]
+    assert len(set(names)) == 3 and names[2] == "p"
+    with pytest.raises(ConfigError, match="twice"):
+        parse_arms("p,P")

@@ -120,15 +120,21 @@ def recommend(mean_p: float | None, median_p: float | None, frac_below: float | 
             "near_boundary": near, "text": text, "reasoning": reasoning}
 
 
-def _family(spec: str) -> str:
-    """An objective spec's name as typed, without its options: "threshold-nll:0.2" -> "threshold-nll"."""
-    return spec.split(":")[0].split("@")[0]
+def _family(spec: str) -> str | None:
+    """An arm's objective family: "threshold-nll:0.2" -> "threshold-nll". A stored mask makes another
+    method: nll@prob>=T is ProFit's mask at step 0 ("profit"); any other masked arm has no family
+    the guidance names (None)."""
+    objective, _, mask = spec.partition("@")
+    family = objective.split(":")[0].strip().lower()
+    if not mask:
+        return family
+    return "profit" if family == "nll" and mask.replace(" ", "").startswith("prob>=") else None
 
 
 def agreement(arms: list[dict], recommendation: dict) -> dict:
     """A measured ranking against the guidance (`recommend`), compared by objective family.
 
-    arms: one dict per arm with "arm" (its spec), "objective", "accuracy" (mean over seeds),
+    arms: one dict per arm with "arm" (its spec, OBJECTIVE[@MASK]), "accuracy" (mean over seeds),
     "accuracy_sd" and "runs" (one per seed). Returns best (the top arm), agree (its objective is
     among the recommended ones; None without a measurement), contradicts (it is among those the
     guidance says to avoid), lead (over the runner-up) and within_noise (the lead is no larger than
@@ -140,11 +146,13 @@ def agreement(arms: list[dict], recommendation: dict) -> dict:
     if not ranked:
         return out
     best = ranked[0]
-    family = _family(best["objective"])
-    out.update(best=best["arm"], agree=family in {_family(o) for o in out["recommended"]},
-               contradicts=family in {_family(o) for o in recommendation.get("avoid", [])})
+    family = _family(best["arm"])
+    known = family is not None
+    out.update(best=best["arm"], agree=family in {_family(o) for o in out["recommended"]} if known else None,
+               contradicts=family in {_family(o) for o in recommendation.get("avoid", [])} if known else None)
     if len(ranked) > 1:
         out["lead"] = best["accuracy"] - ranked[1]["accuracy"]
-        if len(best["runs"]) > 1:
-            out["within_noise"] = bool(out["lead"] <= max(best["accuracy_sd"] or 0.0, ranked[1]["accuracy_sd"] or 0.0))
+        spreads = [best["accuracy_sd"], ranked[1]["accuracy_sd"]]
+        if all(sd is not None for sd in spreads):  # one seed (or a seed without accuracy): no spread to judge by
+            out["within_noise"] = bool(out["lead"] <= max(spreads))
     return out

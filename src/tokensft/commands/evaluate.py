@@ -111,7 +111,8 @@ def run_sweep(args) -> int:
         evaluation["format"] = spec  # a dict here (results.json keeps it); EvalConfig gets a FormatSpec
     config = SweepConfig(data=args.data, heldout=args.heldout, output=args.output, objectives=args.objectives,
                          seeds=seeds, baseline=args.baseline, train=train, eval=evaluation,
-                         rank=args.rank or 0, world_size=args.world_size or 1, overwrite=args.overwrite,
+                         rank=args.rank if args.rank is not None else 0,
+                         world_size=args.world_size if args.world_size is not None else 1, overwrite=args.overwrite,
                          quiet=args.quiet, command=shlex.join(["tokensft", *args.argv]))
     print("\n".join(console.sweep_lines(sweep(config))))
     return 0

@@ -5,10 +5,11 @@
     metric.correct(completion, reference)            # bool
 
     exact      the whole completion, whitespace collapsed and case folded, equals the reference's
-    numeric    the last number in the completion equals the reference's number: the number after
-               GSM8K's "#### " when the reference has one, else its last number. Commas between
-               digit groups are dropped ("1,234" is 1234), a leading minus counts ("-3"), and
-               numbers compare by value ("3.50" == "3.5", "7" == "7.0")
+    numeric    the completion's number equals the reference's: in each, the first number after the
+               last GSM8K "####" mark when there is one, else the last number. Commas between
+               digit groups are dropped ("1,234" is 1234), a minus sign counts ("-3", "−3"; not
+               the hyphen of "2-5" or a date), fractions and scientific notation are numbers
+               ("3/4", "1.5e-3"), and numbers compare by value ("3.50" == "3.5" == "7/2" / 1 ...)
     contains   the normalized reference occurs in the normalized completion
     regex:P    the first group of P's first match (the whole match when P has no group), in the
                completion, equals the same extraction from the reference (or the whole normalized
@@ -19,13 +20,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 
 from tokensft.core.errors import ConfigError
 
 METRICS = ("exact", "numeric", "contains", "regex:PATTERN")
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")  # 1,234.5  -3  .5 (commas between digits only, see _value)
-_GSM8K = re.compile(r"####\s*(.+)")
+# 1,234.5  -3  .5  3/4  1.5e-3; a minus only where it is no hyphen (not after a word character or a dot)
+_NUMBER = re.compile(r"(?<![\w.])-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?(?:/\d+(?![\d.]))?")
+_MINUSES = str.maketrans({"\u2212": "-", "\u2013": "-"})  # the minus sign and an en dash written for one
 
 
 def normalize(text: str) -> str:
@@ -33,20 +35,21 @@ def normalize(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
-def _value(token: str) -> Decimal | None:
-    """The number a matched token denotes, or None ("1,2,3" is not a number: commas must group thousands)."""
-    body = token.lstrip("-")
+def _value(token: str) -> Fraction | None:
+    """The number a matched token denotes, exactly, or None ("1,2,3" is not a number: commas must
+    group thousands; "3/0" is none either)."""
+    body = token.lstrip("-").split("/")[0].split("e")[0].split("E")[0]
     if "," in body and not re.fullmatch(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?", body):
         return None
     try:
-        return Decimal(token.replace(",", ""))
-    except InvalidOperation:
+        return Fraction(token.replace(",", ""))
+    except (ValueError, ZeroDivisionError):
         return None
 
 
-def last_number(text: str) -> Decimal | None:
+def last_number(text: str) -> Fraction | None:
     """The last number in `text` (see the module docstring), or None."""
-    for token in reversed(_NUMBER.findall(text)):
+    for token in reversed(_NUMBER.findall(text.translate(_MINUSES))):
         token = token.rstrip(",")
         value = _value(token)
         if value is None and "," in token:  # "1,2,3" is a list, not a number: its last item
@@ -56,10 +59,21 @@ def last_number(text: str) -> Decimal | None:
     return None
 
 
-def reference_number(reference: str) -> Decimal | None:
-    """The reference's answer: the number after GSM8K's "####" when present, else its last number."""
-    marked = _GSM8K.search(reference)
-    return last_number(marked.group(1) if marked else reference)
+def marked_number(text: str) -> Fraction | None:
+    """The answer a text gives: the first number after its last GSM8K "####" mark, else its last number."""
+    if "####" in text:
+        after = text.rsplit("####", 1)[1].translate(_MINUSES)
+        for token in _NUMBER.findall(after):
+            value = _value(token.rstrip(","))
+            if value is not None:
+                return value
+        return None
+    return last_number(text)
+
+
+def reference_number(reference: str) -> Fraction | None:
+    """The reference's answer (see marked_number)."""
+    return marked_number(reference)
 
 
 @dataclass(frozen=True)
@@ -76,13 +90,16 @@ class Metric:
     def extract(self, text: str) -> str | None:
         """The answer in a completion (or a reference) as this metric reads it; None when there is none."""
         if self.name == "numeric":
-            value = last_number(text)
+            value = marked_number(text)
             return None if value is None else _plain(value)
         if self.name == "regex":
             match = re.search(self.pattern, text)
             if match is None:
                 return None
-            return normalize(match.group(1) if match.re.groups else match.group(0))
+            groups = [g for g in match.groups() if g is not None]  # `(a)|(b)`: the group that took part
+            if match.re.groups and not groups:
+                return None
+            return normalize(groups[0] if groups else match.group(0))
         return normalize(text)
 
     def expected(self, reference: str) -> str | None:
@@ -105,11 +122,9 @@ class Metric:
         return answer is not None and answer == expected
 
 
-def _plain(value: Decimal) -> str:
-    """A canonical string for a number: 3.50 -> "3.5", 7.0 -> "7", -0 -> "0"."""
-    text = format(value.normalize(), "f")
-    text = text.rstrip("0").rstrip(".") if "." in text else text
-    return "0" if text in ("-0", "") else text
+def _plain(value: Fraction) -> str:
+    """A canonical string for a number: 3.50 -> "7/2", 7.0 -> "7", 0.75 -> "3/4" (exact: equal numbers, equal strings)."""
+    return str(value)
 
 
 def parse_metric(text: str) -> Metric:

@@ -47,6 +47,8 @@ class EvalConfig(RunConfig):
         if self.samples > 1 and self.temperature == 0:
             raise ConfigError(f"--samples {self.samples} with greedy decoding gives the same completion every time; "
                               "add --temperature (e.g. 0.7)")
+        if self.world_size > 1 and not self.resume:  # every rank would wipe the parts the others wrote
+            raise ConfigError("--no-resume with several ranks: delete the output directory first instead")
         if self.shard_size < 1:
             raise ConfigError(f"--shard-size {self.shard_size}: must be positive")
         if self.max_length is not None and self.max_length < 2:

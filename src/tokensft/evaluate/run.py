@@ -64,12 +64,13 @@ def evaluate(config: EvalConfig) -> dict:
     if not config.skip_invalid:
         validate_rows(config, kind, fmt)  # seconds, before any generation
     loaded = load_model(config.model, dtype=config.dtype, device=config.device)
-    renderer = Renderer(loaded.tokenizer, config.template,
-                        config.max_length or getattr(loaded.model.config, "max_position_embeddings", None))
+    # rendered whole (no cut): a prompt and its completion must fit within this many tokens
+    limit = config.max_length or getattr(loaded.model.config, "max_position_embeddings", None)
+    renderer = Renderer(loaded.tokenizer, config.template, None)
     identity = {
         "kind": "eval", "input_fingerprint": input_fingerprint(config.input), "model_hash": loaded.content_hash,
         "tokenizer_fingerprint": tokenizer_fingerprint(loaded.tokenizer), "format": fmt,
-        "format_spec": asdict(config.format), "template": renderer.template, "max_length": renderer.max_length,
+        "format_spec": asdict(config.format), "template": renderer.template, "max_length": limit,
         "metric": metric.spec, "max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
         "samples": config.samples, "seed": config.seed, "shard_size": config.shard_size,
         "skip_invalid": config.skip_invalid, "dtype": str(loaded.dtype).removeprefix("torch."),
@@ -83,7 +84,7 @@ def evaluate(config: EvalConfig) -> dict:
                 return {"status": "already-finished", "output": str(directory), "results": _read_results(directory)}
             held.enter_context(RankLock(directory, config.rank))
         pending = [k for k in range(num_chunks) if k % config.world_size == config.rank and not _part(directory, k).is_file()]
-        counts = _generate_chunks(config, kind, fmt, renderer, loaded, metric, directory, set(pending), num_rows)
+        counts = _generate_chunks(config, kind, fmt, renderer, limit, loaded, metric, directory, set(pending), num_rows)
         del loaded
         scored = _teacher_forced(config, directory) if config.teacher_forced else None
     with OutputLock(directory):
@@ -131,11 +132,14 @@ def sample_seed(seed: int, example_id: str, sample: int) -> int:
     return int.from_bytes(digest, "little") >> 1  # torch seeds are < 2**63
 
 
-def eval_prompt(example: Example, renderer: Renderer, where: str) -> tuple[list[int], str]:
+def eval_prompt(example: Example, renderer: Renderer, where: str, limit: int | None = None,
+                max_new_tokens: int = 0) -> tuple[list[int], str]:
     """(prompt ids, reference): the render before the example's last target turn, and that turn's text.
 
     The prompt ids are the scoring render's own tokens up to the first token of the last run of
-    targets, so they are exactly what training conditioned that turn on."""
+    targets, so they are exactly what training conditioned that turn on. `renderer` renders whole
+    (no max length): a prompt that leaves no room for `max_new_tokens` within `limit` (--max-length,
+    else the model's context) is an InputError, never a prompt of an earlier turn."""
     targets = [m for m in example.messages if m.is_target]
     if example.kind == "text" or not targets or len(targets) == len(example.messages):
         raise InputError(where, "messages", "no prompt to answer (plain text, or only target turns)",
@@ -144,51 +148,63 @@ def eval_prompt(example: Example, renderer: Renderer, where: str) -> tuple[list[
     labels = rendered.labels
     ends = [t for t in range(len(labels)) if labels[t] != IGNORE_INDEX]
     if not ends:
-        raise InputError(where, "messages", "the last answer was cut by --max-length", fix="raise --max-length",
-                         reason="no_targets_after_truncation")
+        raise InputError(where, "messages", "the answer renders to no tokens", fix="check the record", reason="no_targets")
     start = ends[-1]
     while start > 0 and labels[start - 1] != IGNORE_INDEX:
         start -= 1
+    if limit is not None and start + max_new_tokens > limit:
+        raise InputError(where, "messages", f"the prompt has {start} tokens: with --max-new-tokens {max_new_tokens} it "
+                         f"passes {limit} (--max-length, else the model's context)",
+                         fix="lower --max-new-tokens, raise --max-length, or --skip-invalid to skip such records",
+                         reason="prompt_too_long")
     return rendered.input_ids[:start], targets[-1].content
 
 
-def stop_ids(tokenizer, renderer: Renderer) -> set[int]:
-    """The ids a completion ends with: eos, and the end-of-turn token the template puts after an answer
-    (the last target token of a probe conversation, when it is a special token)."""
+def stop_ids(tokenizer, renderer: Renderer, generation_eos=None) -> set[int]:
+    """The ids a completion ends with: eos, the model's generation eos ids (Llama 3's <|eot_id|>),
+    and the end-of-turn token the template puts after an answer (the last target token of a probe
+    conversation, when it is a special token, as the renderer counts them). An end of turn written
+    as plain text (no special token) is not a stop: such completions end at --max-new-tokens."""
     from tokensft.preprocess.formats import Message
 
     out = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    out |= set(generation_eos if isinstance(generation_eos, (list, tuple, set)) else
+               [generation_eos] if generation_eos is not None else [])
     probe = Example("probe", "chat", (Message("user", "Hi", False), Message("assistant", "Hello", True)))
     rendered = renderer(probe, "the end-of-turn probe")
     last = [y for y in rendered.labels if y != IGNORE_INDEX][-1:]
-    return out | {y for y in last if y in set(tokenizer.all_special_ids)}
+    return out | {y for y in last if y in renderer.special_ids}
 
 
-def _generate_chunks(config, kind, fmt, renderer, loaded, metric, directory, pending, num_rows) -> Counts:
+def _generate_chunks(config, kind, fmt, renderer, limit, loaded, metric, directory, pending, num_rows) -> Counts:
     """Generate every chunk in `pending`, streaming the input once; one part file per chunk."""
     counts = Counts(read=0, evaluated=0, skipped={})
-    stops = stop_ids(loaded.tokenizer, renderer)
+    generation = getattr(loaded.model, "generation_config", None)
+    stops = stop_ids(loaded.tokenizer, renderer, getattr(generation, "eos_token_id", None))
     progress = Progress(total_rows=sum(min(config.shard_size, num_rows - k * config.shard_size) for k in pending),
                         disable=config.quiet, desc="generating")
     rows, current = [], None
     for row in iter_rows(config.input, kind=kind):
         k = row.index // config.shard_size
         if k != current and rows:
-            counts.merge(_generate_chunk(config, fmt, renderer, loaded, metric, stops, directory, current, rows, progress))
+            counts.merge(_generate_chunk(config, fmt, renderer, limit, loaded, metric, stops, directory, current, rows,
+                                         progress))
             rows = []
         current = k
         if k in pending:
             rows.append(row)
     if rows:
-        counts.merge(_generate_chunk(config, fmt, renderer, loaded, metric, stops, directory, current, rows, progress))
+        counts.merge(_generate_chunk(config, fmt, renderer, limit, loaded, metric, stops, directory, current, rows,
+                                         progress))
     for k in sorted(k for k in pending if not _part(directory, k).is_file()):  # chunks the input never filled
         _write_part(directory, k, [], Counts(read=0, evaluated=0, skipped={}))
     progress.close()
     return counts
 
 
-def _generate_chunk(config, fmt, renderer, loaded, metric, stops, directory, chunk, rows, progress) -> Counts:
+def _generate_chunk(config, fmt, renderer, limit, loaded, metric, stops, directory, chunk, rows, progress) -> Counts:
     from tokensft.evaluate.generate import generate
+    from tokensft.preprocess.scorer import default_batch_tokens
 
     counts = Counts(read=len(rows), evaluated=0, skipped={})
     todo = []  # (example id, sample, prompt ids, reference)
@@ -197,7 +213,7 @@ def _generate_chunk(config, fmt, renderer, loaded, metric, stops, directory, chu
             if row.error is not None:
                 raise row.error
             example = to_example(row.record, config.format, row.where, fmt)
-            prompt, reference = eval_prompt(example, renderer, row.where)
+            prompt, reference = eval_prompt(example, renderer, row.where, limit, config.max_new_tokens)
         except InputError as exc:
             if not config.skip_invalid:
                 raise
@@ -209,7 +225,8 @@ def _generate_chunk(config, fmt, renderer, loaded, metric, stops, directory, chu
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
     seeds = [sample_seed(config.seed, i, s) for i, s, _, _ in todo]
     completions = generate(loaded.model, [t[2] for t in todo], config.max_new_tokens, stops, pad,
-                           config.temperature, seeds, batch_tokens=config.batch_tokens or 1024) if todo else []
+                           config.temperature, seeds,
+                           batch_tokens=config.batch_tokens or default_batch_tokens(loaded.device)) if todo else []
     out = []
     for (example_id, sample, prompt, reference), ids in zip(todo, completions):
         stopped = bool(ids) and ids[-1] in stops

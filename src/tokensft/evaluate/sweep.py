@@ -31,6 +31,7 @@ from tokensft.core.errors import ConfigError
 from tokensft.core.fileio import atomic_write
 from tokensft.core.locks import OutputLock
 from tokensft.core.masks import parse_mask
+from tokensft.preprocess.readers import input_fingerprint
 from tokensft.train.objectives import parse_objective
 
 SWEEP_FILE, RESULTS, PAGE = "sweep.json", "results.json", "index.html"
@@ -47,8 +48,10 @@ class Arm:
 
     @property
     def name(self) -> str:
-        """A directory name: the spec with every run of other characters made one '_'."""
-        return re.sub(r"[^A-Za-z0-9.=-]+", "_", self.spec).strip("_")
+        """A directory name: the objective with every run of other characters made one '_', then the
+        mask's canonical name (prob>=0.1 -> prob_ge_0.1, so >= and <= never collide)."""
+        objective = re.sub(r"[^a-z0-9.=-]+", "_", self.objective).strip("_")
+        return objective if self.mask is None else f"{objective}@{parse_mask(self.mask).name}"
 
 
 def parse_arms(text: str) -> list[Arm]:
@@ -65,6 +68,7 @@ def parse_arms(text: str) -> list[Arm]:
     arms = []
     for piece in pieces:
         objective, _, mask = piece.partition("@")
+        objective = objective.strip().lower().replace(" ", "")  # as parse_objective reads it: P and p are one arm
         parse_objective(objective)
         if mask:
             parse_mask(mask)
@@ -96,6 +100,8 @@ class SweepConfig:
     command: str = ""
 
     def validate(self) -> list[Arm]:
+        """The arms; every arm's train settings and the eval settings are checked here, before any
+        arm trains (a bad --samples must not wait for the first model)."""
         arms = parse_arms(self.objectives)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"--seeds {self.seeds}: give distinct seeds, e.g. 0,1,2")
@@ -104,6 +110,10 @@ class SweepConfig:
                 raise ConfigError(f"sweep sets {name} for every arm itself; do not give it as a train setting")
         if not 0 <= self.rank < self.world_size:
             raise ConfigError(f"--rank {self.rank} --world-size {self.world_size}: need 0 <= rank < world size")
+        for arm in arms:
+            for seed in self.seeds:
+                _train_config(self, Path(self.output), arm, seed).validate()
+        _eval_config(self, Path(self.output), None, self.seeds[0]).validate()
         return arms
 
 
@@ -120,9 +130,13 @@ def sweep(config: SweepConfig) -> dict:
     """Run (or resume) this rank's jobs; aggregate when every job is done. Returns a summary."""
     arms = config.validate()
     directory = Path(config.output)
-    identity = {"data": load_metadata(config.data).get("input", {}).get("fingerprint"), "data_path": str(config.data),
-                "heldout": str(config.heldout), "arms": [a.spec for a in arms], "seeds": config.seeds,
-                "baseline": config.baseline, "train": config.train, "eval": config.eval}
+    meta = load_metadata(config.data)
+    # what decides every arm: the scored data (its input and scorer), the held-out records' bytes, the settings
+    identity = {"data": meta.get("input", {}).get("fingerprint"), "scorer": meta["model"].get("content_hash"),
+                "enrichment": sorted(meta.get("enrichment", {}).get("masks", {})), "data_path": str(config.data),
+                "heldout": str(config.heldout), "heldout_fingerprint": input_fingerprint(config.heldout),
+                "arms": [a.spec for a in arms], "seeds": config.seeds, "baseline": config.baseline,
+                "train": config.train, "eval": config.eval}
     with OutputLock(directory):
         _prepare(directory, identity, config.overwrite)
     jobs = _jobs(config, arms)

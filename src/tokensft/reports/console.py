@@ -105,8 +105,9 @@ def sweep_lines(summary: dict) -> list[str]:
     for arm in sorted(r["arms"], key=lambda a: -(a["accuracy"] if a["accuracy"] is not None else -1.0)):
         sd = f" +- {arm['accuracy_sd']:.3f}" if arm["accuracy_sd"] is not None else ""
         p = f", held-out mean p {arm['heldout_mean_p']:.3f}" if arm["heldout_mean_p"] is not None else ""
-        lines.append(f"  {arm['arm']:<28} accuracy {arm['accuracy']:.3f}{sd}{p}")
-    if r.get("baseline"):
+        accuracy = "n/a" if arm["accuracy"] is None else f"{arm['accuracy']:.3f}"
+        lines.append(f"  {arm['arm']:<28} accuracy {accuracy}{sd}{p}")
+    if r.get("baseline") and r["baseline"]["accuracy"] is not None:
         lines.append(f"  {'(before training)':<28} accuracy {r['baseline']['accuracy']:.3f}")
     g = r["guidance"]
     if g["best"] is not None:
