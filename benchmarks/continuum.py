@@ -1,7 +1,9 @@
 """The capability continuum in miniature: does the papers' central finding reproduce on SmolLM2-135M?
 
-    python benchmarks/continuum.py --out /tmp/continuum              # the full run (<= 60 min, 2 CPU cores)
+    python benchmarks/continuum.py --out /tmp/continuum              # the full run (target: <= 60 min on 2 CPU cores)
     python benchmarks/continuum.py --out /tmp/continuum --quick      # 1 seed, 2 arms, fewer steps: a smoke run
+
+A killed run resumes: every step is a tokensft command that skips finished work.
 
 Two regimes, from data generated here (deterministic, no download):
 - model-strong: "What is A + B?" (A, B in 1..20), answered "A + B = C\\n#### C" -- a task the model
@@ -81,7 +83,7 @@ def regime(name: str, train: Path, heldout: Path, out: Path, args, metric: str, 
     began = time.perf_counter()
     scored = out / name / "scored"
     tokensft("score", train, "-o", scored, "--model", args.model, "-q")
-    continuum = summary(load_targets(scored, topk=False))["continuum"]
+    measured = summary(load_targets(scored, topk=False))  # what `tokensft report` shows for this data
     sweep_dir = out / name / "sweep"
     tokensft("sweep", scored, "--objectives", args.arms, "--eval", heldout, "-o", sweep_dir, "--seeds", args.seeds,
              "--model", args.model, "--metric", metric, "--max-new-tokens", "24", "-q", *train_flags)
@@ -93,7 +95,7 @@ def regime(name: str, train: Path, heldout: Path, out: Path, args, metric: str, 
         tokensft("score", train, "-o", rescored, "--model", model, "-q")
         drift = mask_drift(load_targets(scored, topk=False), load_targets(rescored, topk=False))["masks"]
         arm["drift"] = {row["spec"]: row["flipped"] for _, row in drift.iterrows()}
-    return {"mean_p": continuum["mean_p"], "regime": continuum["regime"], "sweep": results,
+    return {"mean_p": measured["continuum"]["mean_p"], "regime": measured["recommendation"]["regime"], "sweep": results,
             "seconds": round(time.perf_counter() - began, 1)}
 
 
@@ -121,9 +123,9 @@ def main() -> None:
         args.arms, args.seeds = "nll,p", "0"
     out = Path(args.out)
     rng = random.Random(0)
-    n_train, n_heldout = (16, 8) if args.quick else (96, 48)
+    n_train, n_heldout = (16, 8) if args.quick else (64, 32)
     s_train, s_held, corrupted = strong_data(n_train, n_heldout, args.noise, rng)
-    w_train, w_held = weak_data(1 if args.quick else 2)
+    w_train, w_held = weak_data(1)
     data = out / "data"
     paths = {name: write_jsonl(data / f"{name}.jsonl", records) for name, records in
              (("strong-train", s_train), ("strong-heldout", s_held), ("weak-train", w_train), ("weak-heldout", w_held))}
@@ -132,7 +134,7 @@ def main() -> None:
     strong = regime("strong", paths["strong-train"], paths["strong-heldout"], out, args, "numeric",
                     [*common, "--epochs", "1", "--lr", "2e-5"])
     weak = regime("weak", paths["weak-train"], paths["weak-heldout"], out, args, "exact",
-                  [*common, "--epochs", "1" if args.quick else "3", "--lr", "1e-4"])
+                  [*common, "--epochs", "1" if args.quick else "2", "--lr", "1e-4"])
     report = {"strong": strong, "weak": weak, "direction": direction(strong, weak), "noise": args.noise,
               "corrupted": corrupted, "sizes": {k: len(v) for k, v in (("strong_train", s_train), ("strong_heldout", s_held),
                                                                         ("weak_train", w_train), ("weak_heldout", w_held))},
