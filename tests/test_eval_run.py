@@ -139,3 +139,26 @@ def test_stops_include_the_templates_end_of_turn_and_the_generation_eos(tiny_dir
     end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert end_of_turn in stop_ids(tokenizer, renderer)
     assert {end_of_turn, 7, 9} <= stop_ids(tokenizer, renderer, [7, 9])
+
+
+def test_a_damaged_part_is_generated_again_on_resume(tmp_path, tiny_dirs):
+    config = _config(tmp_path, tiny_dirs["bpe"], teacher_forced=False)
+    evaluate(config)
+    clean = _rows(tmp_path / "eval")
+    part = tmp_path / "eval" / ".tokensft" / "parts" / "eval-00001.parquet"
+    part.write_bytes(part.read_bytes()[:20])  # cut short after it was written
+    (tmp_path / "eval" / "results.json").unlink()
+    assert evaluate(config)["status"] == "finished"
+    assert _rows(tmp_path / "eval") == clean
+
+
+def test_report_sweep_refuses_an_eval_directory(tmp_path, tiny_dirs, capsys):
+    from test_enrich import scored
+
+    from tokensft.cli import main
+
+    evaluate(_config(tmp_path, tiny_dirs["bpe"], teacher_forced=False))
+    data = scored(tmp_path, tiny_dirs["bpe"])
+    assert main(["report", str(data), "-o", str(tmp_path / "r"), "--sweep", str(tmp_path / "eval"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "not a `tokensft sweep` result" in err and err.count("\n") == 1

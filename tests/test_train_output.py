@@ -206,3 +206,15 @@ def test_what_a_full_disk_raises_becomes_one_line(tmp_path):
             raise exc
     with pytest.raises(RuntimeError, match="a bug"), checkpoints._writing(Path("/ckpt"), "checkpoint", tmp_path, None):
         raise RuntimeError("a bug")
+
+
+def test_a_model_inside_the_output_and_an_unfinished_output_are_refused(data, tiny_dirs, tmp_path, capsys):
+    out = tmp_path / "ckpt"
+    assert train(data, out, tiny_dirs["bpe"], "--max-steps", "2", "--save-every", "1") == 0
+    step = out / "checkpoints" / "step-1"
+    assert train(data, out, step, "--max-steps", "2", "--overwrite") == 2  # it would delete the model it trains
+    assert "holds the model being trained" in one_line(capsys) and step.is_dir()
+    (out / "tokensft_train.json").unlink()  # as a killed `--overwrite` rerun leaves it: the old model files remain
+    (tmp_path / "x.jsonl").write_text('{"question": "What is 2 + 2?", "answer": "4"}\n')
+    assert main(["score", str(tmp_path / "x.jsonl"), "--model", str(out), "-o", str(tmp_path / "s"), "-q"]) == 2
+    assert "unfinished `tokensft train` output" in one_line(capsys)

@@ -126,7 +126,7 @@ def shard_paths(path: Path, meta: dict) -> list[Path]:
     missing = [n for n in names if not (path / n).is_file()]
     if missing:
         raise ConfigError(f"{path}: shard {missing[0]} is missing ({len(missing)} of {len(names)}); "
-                          f"re-run `tokensft merge {path}` or re-score")
+                          "rerun the `tokensft score` command that wrote it (it rescores missing shards)")
     return [path / n for n in names]
 
 

@@ -131,6 +131,10 @@ def resolve_model_dir(spec: str, fetch: bool = True) -> tuple[Path, str]:
             raise ModelError(f"'{spec}' is not converted yet ({converted}); any command that runs it converts it")
         return _convert_gguf(path, converted), spec
     if path.is_dir():
+        if (path / "train_config.json").is_file() and not (path / "tokensft_train.json").is_file():
+            # its final model is written last: until then any model files there are an older run's
+            raise ModelError(f"'{path}' is an unfinished `tokensft train` output (no tokensft_train.json); rerun its "
+                             "train command to finish it, or pass one of its checkpoints/step-N")
         if not (path / "config.json").is_file():
             raise ModelError(f"model directory '{path}' has no config.json (pass a Hugging Face model directory)")
         return path, spec

@@ -83,7 +83,7 @@ def evaluate(config: EvalConfig) -> dict:
             if _prepare(directory, identity, config.overwrite, config.resume) == "finished":
                 return {"status": "already-finished", "output": str(directory), "results": _read_results(directory)}
             held.enter_context(RankLock(directory, config.rank))
-        pending = [k for k in range(num_chunks) if k % config.world_size == config.rank and not _part(directory, k).is_file()]
+        pending = [k for k in range(num_chunks) if k % config.world_size == config.rank and not _part_ok(directory, k)]
         counts = _generate_chunks(config, kind, fmt, renderer, limit, loaded, metric, directory, set(pending), num_rows)
         del loaded
         scored = _teacher_forced(config, directory) if config.teacher_forced else None
@@ -124,6 +124,20 @@ def _prepare(directory: Path, identity: dict, overwrite: bool, resume: bool) -> 
 
 def _part(directory: Path, chunk: int) -> Path:
     return directory / STATE_DIR / "parts" / f"eval-{chunk:05d}.parquet"
+
+
+def _part_ok(directory: Path, chunk: int) -> bool:
+    """Whether chunk's part exists and reads (parts are written atomically: an unreadable one was
+    damaged afterwards, and is dropped to be generated again)."""
+    path = _part(directory, chunk)
+    if not path.is_file():
+        return False
+    try:
+        pq.read_table(path)
+        return True
+    except (OSError, pa.ArrowException):
+        path.unlink(missing_ok=True)
+        return False
 
 
 def sample_seed(seed: int, example_id: str, sample: int) -> int:

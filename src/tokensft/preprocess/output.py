@@ -116,7 +116,10 @@ def missing_chunks(directory: Path, num_chunks: int) -> list[int]:
 
 
 def load_finished(directory: Path) -> dict:
-    return json.loads((directory / METADATA_FILE).read_text(encoding="utf-8"))
+    """The metadata of a finished output (checked as every reader checks it)."""
+    from tokensft.core.dataset import load_metadata
+
+    return load_metadata(directory)
 
 
 def drop_damaged(directory: Path, chunks: Iterable[int], world_size: int = 1) -> list[int]:

@@ -55,10 +55,13 @@ def _sweep_results(sweep: str) -> dict:
     """A finished sweep's results.json (`tokensft sweep ... --output DIR`)."""
     path = Path(sweep) / "results.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        results = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--sweep {sweep}: no readable results.json ({exc}); finish the sweep first "
                           "(rerun its tokensft sweep command)") from None
+    if not isinstance(results, dict) or not isinstance(results.get("arms"), list) or "ranking" not in results:
+        raise ConfigError(f"--sweep {sweep}: {path} is not a `tokensft sweep` result (an eval's?); pass a sweep's --output")
+    return results
 
 
 def _build(directory: str, output: Path, compare_with: str | None, model: str | None, examples: int, seed: int,

@@ -39,6 +39,9 @@ def check_output(output: Path, model_dir: Path, data_dir: Path) -> None:
     where, fix = f"--output {output}", "choose another --output"
     if output.resolve() == Path(model_dir).resolve():
         raise ConfigError(f"{where}: is the model being trained; its weights would be overwritten: {fix}")
+    if Path(model_dir).resolve().is_relative_to(output.resolve()):  # e.g. -m OUTPUT/checkpoints/step-10
+        raise ConfigError(f"{where}: holds the model being trained ({model_dir}), which a rerun or --overwrite "
+                          f"would delete: copy it out first, or {fix}")
     if output.resolve() == Path(data_dir).resolve():
         raise ConfigError(f"{where}: is the dataset being trained on: {fix}")
     if output.resolve().is_relative_to(Path(data_dir).resolve()):  # in it, tokensft would no longer call it a dataset
