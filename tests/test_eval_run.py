@@ -135,10 +135,11 @@ def test_stops_include_the_templates_end_of_turn_and_the_generation_eos(tiny_dir
     from tokensft.evaluate.run import stop_ids
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dirs["bpe"])
+    tokenizer.eos_token = "<|endoftext|>"  # a base model's eos, not the turn's end: the template's end must still stop
     renderer = Renderer(tokenizer, "auto", None)
-    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    assert end_of_turn in stop_ids(tokenizer, renderer)
-    assert {end_of_turn, 7, 9} <= stop_ids(tokenizer, renderer, [7, 9])
+    end_of_turn, eos = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id
+    assert end_of_turn != eos and {end_of_turn, eos} == stop_ids(tokenizer, renderer)
+    assert {end_of_turn, eos, 7, 9} == stop_ids(tokenizer, renderer, [7, 9])
 
 
 def test_a_damaged_part_is_generated_again_on_resume(tmp_path, tiny_dirs):

@@ -38,6 +38,7 @@ from tokensft.core.schema import IGNORE_INDEX, STATE_DIR
 from tokensft.evaluate.answers import parse_metric
 from tokensft.evaluate.config import EvalConfig
 from tokensft.preprocess.formats import Example, to_example
+from tokensft.preprocess.output import changed_keys
 from tokensft.preprocess.readers import count_rows, detect_kind, input_fingerprint, iter_rows
 from tokensft.preprocess.render import Renderer
 from tokensft.preprocess.run import detect_record_format, validate_rows
@@ -110,7 +111,7 @@ def _prepare(directory: Path, identity: dict, overwrite: bool, resume: bool) -> 
     if existing == identity and resume and not overwrite:
         return "finished" if (directory / RESULTS).is_file() else "resume"
     if existing is not None and existing != identity and not overwrite:
-        changed = sorted(k for k in set(existing) | set(identity) if existing.get(k) != identity.get(k))
+        changed = changed_keys(existing, identity)
         raise ConfigError(f"{directory} holds an evaluation with other settings (differs in: {', '.join(changed)}); "
                           "pass --overwrite to replace it, or choose another --output")
     for name in OUR_FILES - {".tokensft.lock"}:

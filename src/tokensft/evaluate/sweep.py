@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from tokensft.core.errors import ConfigError
 from tokensft.core.fileio import atomic_write
 from tokensft.core.locks import OutputLock
 from tokensft.core.masks import parse_mask
+from tokensft.preprocess.output import changed_keys
 from tokensft.preprocess.readers import input_fingerprint
 from tokensft.train.objectives import parse_objective
 
@@ -160,12 +162,10 @@ def _prepare(directory: Path, identity: dict, overwrite: bool) -> None:
     path = directory / SWEEP_FILE
     existing = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     if existing is not None and existing != identity and not overwrite:
-        changed = sorted(k for k in set(existing) | set(identity) if existing.get(k) != identity.get(k))
+        changed = changed_keys(existing, identity)
         raise ConfigError(f"{directory} holds a sweep with other settings (differs in: {', '.join(changed)}); "
                           "pass --overwrite to start over, or choose another --output")
     if existing != identity:
-        import shutil
-
         for name in ("arms", "baseline", RESULTS, PAGE):
             p = directory / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)

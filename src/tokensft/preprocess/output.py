@@ -94,7 +94,7 @@ def prepare(directory: Path, run: dict, overwrite: bool, resume: bool = True) ->
         return "finished" if is_finished(directory) else "resume"
     if ours and not overwrite and not same:
         what = "a different scoring run" if existing else "tokensft files without run state"
-        changed = _changed_keys(existing["identity"], run["identity"]) if existing else []
+        changed = changed_keys(existing["identity"], run["identity"]) if existing else []
         hint = f" (differs in: {', '.join(changed)})" if changed else ""
         raise ConfigError(f"{directory} holds {what}{hint}; pass --overwrite to replace it, or choose another --output")
     if rank_locked(directory / STATE_DIR):
@@ -106,7 +106,8 @@ def prepare(directory: Path, run: dict, overwrite: bool, resume: bool = True) ->
     return "new"
 
 
-def _changed_keys(old: dict, new: dict) -> list[str]:
+def changed_keys(old: dict, new: dict) -> list[str]:
+    """The keys whose values differ between two run identities (what a refusal names), sorted."""
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
