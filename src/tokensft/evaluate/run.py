@@ -197,7 +197,7 @@ def _generate_chunks(config, kind, fmt, renderer, limit, loaded, metric, directo
     generation = getattr(loaded.model, "generation_config", None)
     stops = stop_ids(loaded.tokenizer, renderer, getattr(generation, "eos_token_id", None))
     progress = Progress(total_rows=sum(min(config.shard_size, num_rows - k * config.shard_size) for k in pending),
-                        disable=config.quiet, desc="generating")
+                        disable=config.quiet, desc="generating", rate="new tok/s")
     rows, current = [], None
     for row in iter_rows(config.input, kind=kind):
         k = row.index // config.shard_size
