@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from tokensft.core.errors import ConfigError, TokensftError
 from tokensft.core.integrity import repair
-from tokensft.core.schema import CHUNK_KEY, METADATA_FILE, METADATA_KEY, SCHEMA_VERSION, STATE_DIR, STATE_FILE
+from tokensft.core.schema import CHUNK_KEY, METADATA_FILE, METADATA_KEY, READABLE_VERSIONS, SCHEMA_VERSION, STATE_DIR, STATE_FILE
 
 logger = logging.getLogger(__name__)
 SHARD_RE = re.compile(r"^data-(\d{5,})\.arrow$")
@@ -60,9 +60,10 @@ def load_metadata(path: str | Path) -> dict:
         raise ConfigError(f"{file}: metadata is corrupt (field {bad} is not what tokensft writes); "
                           f"re-run `tokensft merge {path}`")
     version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ConfigError(
-            f"{file}: schema version {version}, this tokensft reads version {SCHEMA_VERSION}; "
+            f"{file}: schema version {version}, this tokensft reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))} (writes {SCHEMA_VERSION}); "
             "re-score the data with this version"
         )
     return meta

@@ -16,6 +16,11 @@ thresholds are compared in log space at the stored float32 precision, so p == T 
                          the N target probabilities sorted ascending (so about 1 - Q is kept)
     random:F:SEED        drop each target with probability F, independently, from a hash of
                          (SEED, example id, position): the same mask whatever the sharding or order
+    excess-top-frac:F    Rho-1 / token cleaning: per sequence, the ceil(F * n) targets of largest
+                         excess loss (-log p) - (-log p_ref) = teacher_logprob - logprob, the
+                         scorer being the model to train and the teacher the reference trained on
+                         good data (`enrich --teacher REF`); ties to the earlier position
+    excess-quantile>=Q   keep excess >= the dataset-wide Q-quantile of excess (exact, as quantile>=)
 A mask is 1 on kept targets and 0 everywhere else (always 0 where labels == -100). All the math is
 vectorized over a shard's flat arrays: no Python loop per token.
 """
@@ -33,7 +38,10 @@ import numpy as np
 from tokensft.core.errors import ConfigError
 from tokensft.core.schema import LOGPROB_COLUMNS, MASK_PREFIX, TEACHER_PREFIX, mask_column
 MAX_SEED = 2**53  # seeds are stored with the float params: exact below 2^53
-GRAMMAR = "prob>=T, prob<=T, prob-between:A:B, top-frac:F, quantile>=Q or random:F:SEED (optionally teacher:...)"
+GRAMMAR = ("prob>=T, prob<=T, prob-between:A:B, top-frac:F, quantile>=Q or random:F:SEED (optionally teacher:...), "
+           "excess-top-frac:F or excess-quantile>=Q")
+EXCESS = "excess"  # a mask source: teacher_logprob - logprob (Rho-1's excess loss), not a stored column
+EXCESS_RULES = ("top-frac", "quantile>=")  # the rules that read an excess loss (thresholds on p do not apply)
 _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 _PATTERNS = {
     "prob>=": re.compile(rf"^prob>={_NUMBER}$"),
@@ -56,7 +64,7 @@ def _num(x: float) -> str:
 class MaskSpec:
     rule: str  # a key of _PATTERNS
     params: tuple[float, ...]  # thresholds / fractions; for random, (F, SEED)
-    source: str = "scorer"  # "scorer" (column logprob) or "teacher" (column teacher_logprob)
+    source: str = "scorer"  # "scorer" (logprob), "teacher" (teacher_logprob) or "excess" (their difference)
 
     @property
     def spec(self) -> str:
@@ -68,6 +76,8 @@ class MaskSpec:
             "top-frac": lambda: f"top-frac:{_num(p[0])}", "quantile>=": lambda: f"quantile>={_num(p[0])}",
             "random": lambda: f"random:{_num(p[0])}:{int(p[1])}",
         }[self.rule]()
+        if self.source == EXCESS:
+            return f"excess-{body}"
         return body if self.source == "scorer" else f"{self.source}:{body}"
 
     @property
@@ -85,7 +95,25 @@ class MaskSpec:
 
     @property
     def logprob_column(self) -> str:
-        return LOGPROB_COLUMNS[self.source]
+        """The stored column the rule reads; for an excess mask, the teacher's (its scorer side is logprob)."""
+        return LOGPROB_COLUMNS["teacher" if self.source == EXCESS else self.source]
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """Every stored column the mask is computed from."""
+        if self.source == EXCESS:
+            return LOGPROB_COLUMNS["scorer"], LOGPROB_COLUMNS["teacher"]
+        return (self.logprob_column,)
+
+
+def source_values(spec: MaskSpec, flat: dict) -> np.ndarray:
+    """(N,) float32 the rule ranks or thresholds: the source's log-probs, or for an excess mask the
+    excess loss teacher_logprob - logprob. flat: {column: (N,) float array} holding `spec.reads`;
+    NaN at non-targets either way."""
+    if spec.source == EXCESS:
+        scorer, teacher = (np.asarray(flat[c], dtype=np.float32) for c in spec.reads)
+        return teacher - scorer
+    return np.asarray(flat[spec.logprob_column], dtype=np.float32)
 
 
 def parse_mask(text: str) -> MaskSpec:
@@ -94,11 +122,14 @@ def parse_mask(text: str) -> MaskSpec:
     source = "scorer"
     if raw.startswith("teacher:"):
         source, raw = "teacher", raw[len("teacher:"):]
+    elif raw.startswith("excess-"):
+        source, raw = EXCESS, raw[len("excess-"):]
     for rule, pattern in _PATTERNS.items():
         match = pattern.match(raw)
         if match:
             params = tuple(float(g) + 0.0 for g in match.groups())  # + 0.0: -0 becomes 0
             _check_params(text, rule, params)
+            _check_source(text, rule, source)
             return MaskSpec(rule, params, source)
     by_name = _from_name(raw.removeprefix(MASK_PREFIX), source)
     if by_name is not None:
@@ -110,6 +141,8 @@ def _from_name(name: str, source: str) -> MaskSpec | None:
     """The inverse of MaskSpec.name, so `--mask prob_ge_0.1` names the same stored mask."""
     if name.startswith(TEACHER_PREFIX):
         source, name = "teacher", name[len(TEACHER_PREFIX):]
+    elif name.startswith(EXCESS + "_"):
+        source, name = EXCESS, name[len(EXCESS) + 1:]
     for rule, prefix in _NAME_PREFIX.items():
         if name.startswith(prefix + "_"):
             rest = name[len(prefix) + 1:].split("_")
@@ -122,8 +155,15 @@ def _from_name(name: str, source: str) -> MaskSpec | None:
                 return None
             if len(params) == (2 if rule in ("prob-between", "random") else 1):
                 _check_params(name, rule, params)
+                _check_source(name, rule, source)
                 return MaskSpec(rule, params, source)
     return None
+
+
+def _check_source(text: str, rule: str, source: str) -> None:
+    if source == EXCESS and rule not in EXCESS_RULES:
+        raise ConfigError(f"--mask {text!r}: an excess loss is not a probability; use excess-top-frac:F or "
+                          "excess-quantile>=Q")
 
 
 def _check_params(text: str, rule: str, params: tuple[float, ...]) -> None:

@@ -24,6 +24,10 @@ position t describes token t as predicted from tokens < t.
 | kind            | string                | "chat" (through a chat template) or "text" (plain)        |
 | messages        | list<struct<role, content, target>> | the normalized conversation, so another    |
 |                 |                       | model can re-render it in its own template (references)   |
+| weight          | list<float32>         | only when some input carries weights (or --prompt-weight) |
+|                 |                       | the data's loss weight of each target; NaN where -100     |
+| from_prompt     | list<int8>            | only with --prompt-weight > 0: 1 at the prompt tokens it  |
+|                 |                       | made targets, 0 elsewhere (reports separate them)         |
 
 Columns added by `tokensft enrich` (or `score --mask/--ref/--teacher`), provenance in tokensft.json
 under "enrichment":
@@ -31,6 +35,8 @@ under "enrichment":
 | column                   | type                | meaning                                             |
 |--------------------------|---------------------|-----------------------------------------------------|
 | mask_<name>              | list<int8>          | 1 = train on this token; always 0 where labels=-100 |
+| weight_<name>            | list<float32>       | a loss weight computed from stored columns (core.  |
+|                          |                     | weights); NaN where labels=-100                     |
 | ref_<name>_mean_logprob  | float32             | reference model's mean target log-prob (PoFT s_ref) |
 | ref_<name>_num_targets   | int32               | its number of targets, in its own tokenization      |
 | ref_mean_logprob         | float32             | mean over the references present (NaN: none valid)  |
@@ -47,7 +53,8 @@ import json
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2  # 2: kind + messages columns, enrichment columns, token_fingerprint
+SCHEMA_VERSION = 3  # 3: weight, from_prompt and weight_<name> columns; 2: kind + messages, enrichment columns
+READABLE_VERSIONS = (2, 3)  # 3 only adds optional columns: a version-2 dataset reads as one without weights
 IGNORE_INDEX = -100
 
 # Files and metadata keys
@@ -61,12 +68,14 @@ ENRICH_KEY = b"tokensft_enrich"  # a shard's enrichment counts (mask kept counts
 # Columns written by `tokensft score`
 LOGPROB = "logprob"
 TOPK_IDS, TOPK_LOGPROBS = "topk_ids", "topk_logprobs"
+WEIGHT = "weight"  # the data's weights (per example, turn, span, prompt); not an enrichment
+FROM_PROMPT = "from_prompt"  # 1 at prompt tokens made targets by --prompt-weight
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string()), ("target", pa.bool_())])
 TOPK_IDS_TYPE = pa.list_(pa.list_(pa.int32()))
 TOPK_LOGPROBS_TYPE = pa.list_(pa.list_(pa.float16()))
 
 # Columns added by `tokensft enrich`
-MASK_PREFIX, REF_PREFIX, TEACHER_PREFIX = "mask_", "ref_", "teacher_"
+MASK_PREFIX, WEIGHT_PREFIX, REF_PREFIX, TEACHER_PREFIX = "mask_", "weight_", "ref_", "teacher_"
 REF_MEAN_LOGPROB = "ref_mean_logprob"  # the mean over the references present
 TEACHER_LOGPROB = "teacher_logprob"
 TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS = "teacher_topk_ids", "teacher_topk_logprobs"
@@ -80,6 +89,16 @@ PRIOR_COLUMNS = {"scorer": (TOPK_IDS, TOPK_LOGPROBS), "teacher": (TEACHER_TOPK_I
 def mask_column(name: str) -> str:
     """mask_<name>: a stored mask (name: the mask's canonical name, see core.masks)."""
     return f"{MASK_PREFIX}{name}"
+
+
+def weight_column(name: str) -> str:
+    """weight_<name>: a weight computed by enrich (name: the spec's canonical name, see core.weights)."""
+    return f"{WEIGHT_PREFIX}{name}"
+
+
+def is_weight_column(column: str) -> bool:
+    """Whether `column` holds loss weights: the data's `weight`, or an enrich-computed weight_<name>."""
+    return column == WEIGHT or column.startswith(WEIGHT_PREFIX)
 
 
 def ref_column(name: str | None = None) -> str:
@@ -113,12 +132,17 @@ def ref_columns(columns) -> list[str]:
 
 
 def is_enrichment(column: str) -> bool:
-    """Whether `column` was added by `tokensft enrich` (a mask, a reference or the teacher)."""
-    return column.startswith((MASK_PREFIX, REF_PREFIX, TEACHER_PREFIX))
+    """Whether `column` was added by `tokensft enrich` (a mask, a weight, a reference or the teacher)."""
+    return column.startswith((MASK_PREFIX, WEIGHT_PREFIX, REF_PREFIX, TEACHER_PREFIX))
 
 
-def scored_schema(top_k: int, metadata: dict | None = None) -> pa.Schema:
-    """The explicit schema of a scored shard (never inferred from the first row)."""
+def scored_schema(top_k: int, metadata: dict | None = None, weighted: bool = False,
+                  prompt_targets: bool = False) -> pa.Schema:
+    """The explicit schema of a scored shard (never inferred from the first row).
+
+    weighted: some input carries weights (or --prompt-weight > 0): a `weight` column after `rank`.
+    prompt_targets: --prompt-weight > 0: a `from_prompt` column after `weight`.
+    """
     fields = [
         pa.field("id", pa.string()),
         pa.field("input_ids", pa.list_(pa.int32())),
@@ -127,6 +151,10 @@ def scored_schema(top_k: int, metadata: dict | None = None) -> pa.Schema:
         pa.field("entropy", pa.list_(pa.float32())),
         pa.field("rank", pa.list_(pa.int32())),
     ]
+    if weighted or prompt_targets:
+        fields.append(pa.field(WEIGHT, pa.list_(pa.float32())))
+    if prompt_targets:
+        fields.append(pa.field(FROM_PROMPT, pa.list_(pa.int8())))
     if top_k > 0:
         fields += [
             pa.field(TOPK_IDS, TOPK_IDS_TYPE),
@@ -148,6 +176,8 @@ def enrichment_field(column: str) -> pa.Field:
     """The Arrow field of an enrichment column, by its name (see the table above)."""
     if is_mask_column(column):
         return pa.field(column, pa.list_(pa.int8()))
+    if column.startswith(WEIGHT_PREFIX):
+        return pa.field(column, pa.list_(pa.float32()))
     if column == REF_MEAN_LOGPROB or is_ref_column(column):
         return pa.field(column, pa.float32())
     if column.startswith(REF_PREFIX) and column.endswith("_num_targets"):
@@ -160,6 +190,7 @@ def enrichment_field(column: str) -> pa.Field:
 
 
 def enrichment_order(column: str) -> tuple[int, str]:
-    """Sort key placing enrichment columns after the scored ones: masks, references, teacher."""
-    group = 0 if is_mask_column(column) else 2 if column.startswith(TEACHER_PREFIX) else 1
+    """Sort key placing enrichment columns after the scored ones: masks, weights, references, teacher."""
+    group = (0 if is_mask_column(column) else 1 if column.startswith(WEIGHT_PREFIX)
+             else 3 if column.startswith(TEACHER_PREFIX) else 2)
     return group, "~" if column == REF_MEAN_LOGPROB else column
