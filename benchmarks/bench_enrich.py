@@ -1,11 +1,16 @@
-"""Speed of `tokensft enrich`: masks over ~1M target tokens, and reference scoring against a bare forward.
+"""Speed of `tokensft enrich`: masks and weights over ~1M target tokens, and reference scoring
+against a bare forward.
 
-    python benchmarks/bench_enrich.py [--targets 1000000] [--n 64] [--skip-ref]
+    python benchmarks/bench_enrich.py [--targets 1000000] [--n 64] [--skip-ref] [--repeats 3]
 
 1. Masks: a synthetic scored dataset (random log-probs, 300 tokens per row, 250 targets) is
    enriched in place with all six mask kinds at once, then with one more (prob>=0.2) alone. The time
    covers the whole command: reading every shard, the quantile pass, writing every shard, the swap.
-2. References: GSM8K examples (../shared/data/gsm8k/test.jsonl, else the demo data) are scored,
+2. Weights: the same synthetic set with a synthetic `teacher_logprob` column; fresh copies are
+   enriched in place with one `--mask prob>=0.1`, one `--weight prob^1` and one
+   `--mask excess-top-frac:0.6` (Rho-1), interleaved, the best of --repeats each. Printed as ratios
+   to the prob>= mask (target: <= 2x).
+3. References: GSM8K examples (../shared/data/gsm8k/test.jsonl, else the demo data) are scored,
    then `enrich --ref` re-renders and scores them under the default model as a PoFT reference,
    against a bare forward loop (model(input_ids).logits over the same batches) of the same model
    on the same renders. Each runs in a fresh process and includes loading the model.
@@ -33,12 +38,13 @@ TOKENS_PER_ROW, TARGETS_PER_ROW, ROWS_PER_SHARD = 300, 250, 1000
 ALL_MASKS = ["prob>=0.1", "prob<=0.5", "prob-between:0.1:0.9", "top-frac:0.6", "quantile>=0.2", "random:0.3:0"]
 
 
-def synthetic_dataset(directory: Path, targets: int) -> int:
-    """A finished scored dataset of ceil(targets / 250) rows with random log-probs; returns its targets."""
+def synthetic_dataset(directory: Path, targets: int, teacher: bool = False) -> int:
+    """A finished scored dataset of ceil(targets / 250) rows with random log-probs (and with `teacher`,
+    random teacher log-probs as `enrich --teacher` stores them); returns its targets."""
     from tokensft.core.locks import OutputLock
     from tokensft.preprocess import output
     from tokensft.preprocess.shards import list_array, write_shard
-    from tokensft.core.schema import MESSAGE_TYPE, SCHEMA_VERSION, scored_schema
+    from tokensft.core.schema import MESSAGE_TYPE, SCHEMA_VERSION, TEACHER_LOGPROB, enrichment_field, scored_schema
 
     rng = np.random.default_rng(0)
     rows = -(-targets // TARGETS_PER_ROW)
@@ -50,6 +56,8 @@ def synthetic_dataset(directory: Path, targets: int) -> int:
     with OutputLock(directory):
         output.prepare(directory, run, overwrite=True)
     schema = scored_schema(0, identity)
+    if teacher:
+        schema = schema.append(enrichment_field(TEACHER_LOGPROB))
     for k in range(chunks):
         n = min(ROWS_PER_SHARD, rows - k * ROWS_PER_SHARD)
         lengths = [TOKENS_PER_ROW] * n
@@ -70,6 +78,10 @@ def synthetic_dataset(directory: Path, targets: int) -> int:
             "kind": pa.array(["chat"] * n),
             "messages": list_array([1] * n, pa.array([{"role": "user", "content": "x", "target": False}] * n, MESSAGE_TYPE), None),
         }
+        if teacher:  # a reference a little better than the scorer on average: excess of both signs
+            teacher_logprob = np.log(rng.beta(0.9, 0.2, size=labels.size)).astype(np.float32)
+            teacher_logprob[labels == -100] = np.nan
+            columns[TEACHER_LOGPROB] = list_array(lengths, teacher_logprob, pa.float32())
         table = pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
         write_shard(directory, k, table, {"read": n, "written": n, "skipped": {}, "truncated": 0,
                                           "tokens": n * TOKENS_PER_ROW, "targets": n * TARGETS_PER_ROW})
@@ -91,6 +103,33 @@ def bench_masks(target_count: int) -> None:
                     if m["spec"] in masks]
             print(f"masks x{len(masks)}: {seconds:5.2f} s for {targets:,} targets = {targets / seconds / 1e6:5.2f}M targets/s "
                   f"(kept: {', '.join(kept)})", flush=True)
+
+
+def bench_weights(target_count: int, repeats: int) -> None:
+    """--weight prob^1 and --mask excess-top-frac:0.6 against one prob>= mask, on fresh copies."""
+    import shutil
+
+    from tokensft.preprocess.enrich import EnrichConfig, enrich
+
+    requests = {"mask prob>=0.1": {"masks": ["prob>=0.1"]}, "weight prob^1": {"weights": ["prob^1"]},
+                "mask excess-top-frac:0.6": {"masks": ["excess-top-frac:0.6"]}}
+    with tempfile.TemporaryDirectory() as workdir:
+        source = Path(workdir) / "source"
+        targets = synthetic_dataset(source, target_count, teacher=True)
+        best = {name: float("inf") for name in requests}
+        for i in range(repeats):
+            for name, request in requests.items():  # interleaved: a busy machine slows each alike
+                directory = Path(workdir) / f"copy-{i}-{len(best)}-{name.split()[1]}"
+                shutil.copytree(source, directory)
+                start = time.perf_counter()
+                summary = enrich(EnrichConfig(input=str(directory), quiet=True, **request))
+                best[name] = min(best[name], time.perf_counter() - start)
+                assert summary["status"] == "finished", summary["status"]
+                shutil.rmtree(directory)
+        base = best["mask prob>=0.1"]
+        for name, seconds in best.items():
+            print(f"{name:<26} {seconds:5.2f} s for {targets:,} targets = {targets / seconds / 1e6:5.2f}M targets/s "
+                  f"({seconds / base:.2f}x the prob>= mask; best of {repeats})", flush=True)
 
 
 def child(method: str, scored_dir: str, data: str, model: str) -> None:
@@ -138,6 +177,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(GSM8K if GSM8K.exists() else DEMO))
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--skip-ref", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each weight/mask timing (the best counts)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--scored", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -145,6 +185,7 @@ def main() -> None:
         return child(args.child, args.scored, args.data, args.model)
     print(f"{os.cpu_count()} CPUs")
     bench_masks(args.targets)
+    bench_weights(args.targets, args.repeats)
     if not args.skip_ref:
         bench_ref(Path(args.data), args.n, args.model)
 

@@ -1,6 +1,7 @@
-"""Training step time of every objective against plain nll, and peak memory of the loss against naive cross-entropy.
+"""Training step time of every objective against plain nll, of --weight against none, and peak memory of the loss
+against naive cross-entropy.
 
-    python benchmarks/bench_train.py [--quick] [--reps 8] [--parts steps,memory]
+    python benchmarks/bench_train.py [--quick] [--reps 8] [--parts steps,weight,memory]
 
 1. Step time. A small Llama (transformers LlamaConfig: hidden 256, 4 layers, 4 heads / 2 KV heads,
    MLP 768, vocab 49,152 like SmolLM2 with tied embeddings, so the lm_head/vocabulary cost is
@@ -10,7 +11,8 @@
    micro-batch: count_batch + Denominator, micro_batch_loss (backbone, gathered hidden rows,
    chunked lm_head under checkpointing, the objective, chunk size 256), backward, clip 1.0,
    AdamW step, zero_grad. The extras an objective reads are synthetic and only present when it
-   needs them, as TrainData.collate does: a random int8 `mask` (~70% kept) for nll --mask,
+   needs them, as TrainData.collate does: a random int8 `mask` (~70% kept) for nll --mask, a
+   random float32 `weight` (uniform 0.1..2 at targets, 0 elsewhere) for --weight,
    a random ref_logprob per sequence for poft, random top-20 prior_ids/prior_logprobs (-inf at
    non-targets) for prior=teacher; plus nll at --chunk-size 1024, the cost of a larger chunk.
    Every objective gets one warm-up step, then `--reps` rounds in which each objective takes one
@@ -18,6 +20,10 @@
    alike; the median step time and its ratio to nll's are reported, and the ratio of the fastest
    steps (contention only ever adds time). All share one model and optimizer (lr 1e-5).
    (On random weights p ~ 1/V, so the online thresholds keep no token; the compute is the same.)
+1b. --weight (part "weight"): the same step, interleaved the same way, for nll, nll --mask and poft
+   each with and without --weight (default normalization), the weighted step's median over its
+   unweighted twin's (target <= 1.02x); and TrainData.collate's cost of the weight column itself
+   (collate_rows of 4 x 256-token rows with and without it), which the step timings leave out.
 2. Peak memory of the loss alone at sequence length 2048 with a 49,152 vocabulary: hidden states
    (1, 2048, 576 like SmolLM2) requiring grad, an lm_head Linear(576, 49152) training its weight,
    60% of positions targets. naive: logits = lm_head(hidden) in float32 over all positions, then
@@ -49,6 +55,7 @@ import time
 OBJECTIVES = ["nll", "p", "power:10", "dft", "threshold-p:0.2", "threshold-nll:0.2", "profit:0.1", "nll --mask",
               "poft", "qtarget:gamma=0.9,prior=uniform", "qtarget:gamma=p,prior=self", "qtarget:gamma=0.5,prior=teacher",
               "nll --chunk-size 1024"]
+WEIGHTED = ["nll", "nll --weight", "nll --mask", "nll --mask --weight", "poft", "poft --weight"]  # part "weight"
 VOCAB, TOP_K, TARGET_FRACTION = 49152, 20, 0.6
 
 
@@ -111,14 +118,17 @@ def synthetic_batch(batch_size: int, seq_len: int, seed: int = 0) -> dict:
     prior_lp = torch.log_softmax(2.0 * torch.randn((batch_size, seq_len, TOP_K), generator=g), -1).sort(-1, descending=True).values
     prior_lp[~target] = float("-inf")
     ref_logprob = -torch.empty(batch_size).uniform_(0.5, 3.0, generator=g)
+    weight = torch.where(target, torch.empty(labels.shape).uniform_(0.1, 2.0, generator=g), 0.0)  # as collate: 0 off targets
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, "mask": mask,
-            "prior_ids": prior_ids, "prior_logprobs": prior_lp, "ref_logprob": ref_logprob}
+            "prior_ids": prior_ids, "prior_logprobs": prior_lp, "ref_logprob": ref_logprob, "weight": weight}
 
 
 def batch_for(spec: str, objective, full: dict) -> dict:
     batch = {k: full[k] for k in ("input_ids", "labels", "attention_mask")}
     if "--mask" in spec.split():
         batch["mask"] = full["mask"]
+    if "--weight" in spec.split():
+        batch["weight"] = full["weight"]
     if objective.prior in ("teacher", "scorer"):
         batch["prior_ids"], batch["prior_logprobs"] = full["prior_ids"], full["prior_logprobs"]
     if objective.name == "poft":
@@ -147,10 +157,10 @@ def bench_steps(reps: int, batch_size: int, seq_len: int, chunk_size: int, objec
     def step(spec: str) -> float:
         objective, normalize, batch, chunk = runs[spec]
         start = time.perf_counter()
-        c = count_batch(batch)
+        c = count_batch(batch, objective.sequence_level)
         rescale = objective.name in online and normalize == "kept-targets"  # as loop.py: divide gradients afterwards
         denominator = Denominator(c["targets"], c["sequences"], None if objective.name in online else c["kept"], 1, 1,
-                                  rescale)
+                                  rescale, weight_sum=c["weight_sum"])
         loss, stats = micro_batch_loss(model, batch, objective, normalize, denominator, chunk)
         if not torch.isfinite(loss):
             raise RuntimeError(f"{spec}: non-finite loss {loss.item()}")
@@ -185,6 +195,51 @@ def bench_steps(reps: int, batch_size: int, seq_len: int, chunk_size: int, objec
         print(f"  {spec:<32} median {med:6.3f} s/step  {med / base:5.2f}x nll   (min {low:.3f} s {low / base_min:5.2f}x, "
               f"max {max(times[spec]):.3f} s, n={len(times[spec])})", flush=True)
     return result
+
+
+def bench_weight(reps: int, batch_size: int, seq_len: int, chunk_size: int) -> dict:
+    """Part 1b: each WEIGHTED spec's median step over its unweighted twin's, and collate's cost of the weight."""
+    import pyarrow as pa
+
+    from tokensft.train.data import Columns, collate_rows
+
+    steps = bench_steps(reps, batch_size, seq_len, chunk_size, WEIGHTED)
+    out = {}
+    for spec in WEIGHTED:
+        if spec.endswith(" --weight"):
+            base = spec.removesuffix(" --weight")
+            out[spec] = {"ratio": steps[spec]["median_s"] / steps[base]["median_s"],
+                         "min_ratio": steps[spec]["min_s"] / steps[base]["min_s"]}
+            print(f"  {spec:<32} / {base:<12} median {out[spec]['ratio']:.3f}x  (mins {out[spec]['min_ratio']:.3f}x)",
+                  flush=True)
+    full = synthetic_batch(batch_size, seq_len)
+    target = full["labels"] != -100
+    rows = pa.table({
+        "id": [str(b) for b in range(batch_size)],
+        "input_ids": pa.array([r[m.bool()].tolist() for r, m in zip(full["input_ids"], full["attention_mask"])],
+                              pa.list_(pa.int32())),
+        "labels": pa.array([r[m.bool()].tolist() for r, m in zip(full["labels"], full["attention_mask"])], pa.list_(pa.int32())),
+        "weight": pa.array([torch_where_nan(w[m.bool()], t[m.bool()]) for w, t, m in
+                            zip(full["weight"], target, full["attention_mask"])], pa.list_(pa.float32())),
+    })
+    times = {"plain": [], "weight": []}
+    for r in range(50 * reps):
+        for name in (("plain", "weight") if r % 2 else ("weight", "plain")):
+            start = time.perf_counter()
+            collate_rows(rows, Columns(weight="weight" if name == "weight" else None), 0)
+            times[name].append(time.perf_counter() - start)
+    extra = statistics.median(times["weight"]) - statistics.median(times["plain"])
+    share = extra / steps["nll --weight"]["median_s"]
+    print(f"  collate of {batch_size} x {seq_len}: {statistics.median(times['plain']) * 1e3:.2f} ms, with the weight column "
+          f"{statistics.median(times['weight']) * 1e3:.2f} ms (+{extra * 1e3:.2f} ms, {share:.2%} of a weighted step)",
+          flush=True)
+    out["collate_extra_s"] = extra
+    return out
+
+
+def torch_where_nan(weight, target) -> list[float]:
+    """A row's stored weight column: the weight at targets, NaN elsewhere."""
+    return [w if t else float("nan") for w, t in zip(weight.tolist(), target.tolist())]
 
 
 # ---------------------------------------------------------------------------------------------- 2. loss memory
@@ -301,7 +356,7 @@ def main() -> None:
     parser.add_argument("--mem-seq", type=int, default=2048, help="sequence length for the loss memory")
     parser.add_argument("--mem-hidden", type=int, default=576, help="hidden size for the loss memory (SmolLM2: 576)")
     parser.add_argument("--mem-chunks", default="1024,512,256", help="chunk sizes for the tokensft loss memory")
-    parser.add_argument("--parts", default="steps,memory", help="steps, memory, or both")
+    parser.add_argument("--parts", default="steps,weight,memory", help="comma-separated: steps, weight, memory")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--grads-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -313,10 +368,14 @@ def main() -> None:
     parts = set(args.parts.split(","))
     began = time.perf_counter()
     print(f"{os.cpu_count()} CPUs", flush=True)
-    steps = memory = None
+    steps = weight = memory = None
     if "steps" in parts:
         print(f"\n1. step time per objective vs nll ({reps} timed steps each, round-robin, after 1 warm-up step)", flush=True)
         steps = bench_steps(reps, batch_size, seq_len, args.chunk_size, OBJECTIVES)
+    if "weight" in parts:
+        print(f"\n1b. step time with --weight vs without ({reps} timed steps each, round-robin, after 1 warm-up step)",
+              flush=True)
+        weight = bench_weight(reps, batch_size, seq_len, args.chunk_size)
     if "memory" in parts:
         print(f"\n2. peak memory of the loss, 1 x {args.mem_seq} tokens, vocab {VOCAB:,}: naive full-logits "
               "cross-entropy vs tokensft chunked target_terms (each in a fresh process)", flush=True)
@@ -329,6 +388,9 @@ def main() -> None:
             if spec != "nll":
                 print(f"    {spec:<32} {r['ratio']:.2f}x  (mins: {r['min_ratio']:.2f}x)")
         print(f"  slowest: {worst} {steps[worst]['ratio']:.2f}x")
+    if weight:
+        print("  step time with --weight / without, medians (target <= 1.02x): " + ", ".join(
+            f"{spec} {r['ratio']:.3f}x (mins {r['min_ratio']:.3f}x)" for spec, r in weight.items() if spec != "collate_extra_s"))
     if memory:
         naive = memory["naive"]["peak_mb"]
         print(f"  loss peak memory / naive (target <= 0.5x), naive {naive:.0f} MB: " + ", ".join(

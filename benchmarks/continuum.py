@@ -117,6 +117,9 @@ def main() -> None:
     parser.add_argument("--arms", default="nll,p,threshold-nll:0.2,profit:0.1")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--noise", type=float, default=0.3, help="fraction of strong training responses corrupted")
+    parser.add_argument("--strong-epochs", default="1", help="epochs of the model-strong arms")
+    parser.add_argument("--strong-lr", default="2e-5", help="learning rate of the model-strong arms")
+    parser.add_argument("--regimes", default="strong,weak", help="which regimes to run (a variant may rerun one)")
     parser.add_argument("--quick", action="store_true", help="1 seed, nll and p, small splits: a smoke run")
     args = parser.parse_args()
     if args.quick:
@@ -131,16 +134,20 @@ def main() -> None:
              (("strong-train", s_train), ("strong-heldout", s_held), ("weak-train", w_train), ("weak-heldout", w_held))}
     began = time.perf_counter()
     common = ["--batch-size", "8", "--warmup", "0.1"]
+    regimes = set(args.regimes.split(","))
     strong = regime("strong", paths["strong-train"], paths["strong-heldout"], out, args, "numeric",
-                    [*common, "--epochs", "1", "--lr", "2e-5"])
+                    [*common, "--epochs", args.strong_epochs, "--lr", args.strong_lr]) if "strong" in regimes else None
     weak = regime("weak", paths["weak-train"], paths["weak-heldout"], out, args, "exact",
-                  [*common, "--epochs", "1" if args.quick else "2", "--lr", "1e-4"])
-    report = {"strong": strong, "weak": weak, "direction": direction(strong, weak), "noise": args.noise,
+                  [*common, "--epochs", "1" if args.quick else "2", "--lr", "1e-4"]) if "weak" in regimes else None
+    report = {"strong": strong, "weak": weak, "direction": direction(strong, weak) if strong and weak else None,
+              "noise": args.noise, "strong_epochs": args.strong_epochs, "strong_lr": args.strong_lr,
               "corrupted": corrupted, "sizes": {k: len(v) for k, v in (("strong_train", s_train), ("strong_heldout", s_held),
                                                                         ("weak_train", w_train), ("weak_heldout", w_held))},
               "arms": args.arms, "seeds": args.seeds, "seconds": round(time.perf_counter() - began, 1)}
     (out / "continuum.json").write_text(json.dumps(report, indent=2, sort_keys=True), encoding="utf-8")
     for name, r in (("model-strong", strong), ("model-weak", weak)):
+        if r is None:
+            continue
         print(f"\n{name}: training mean target p {r['mean_p']:.3f} ({r['regime']}), {r['seconds']:.0f} s")
         base = r["sweep"].get("baseline")
         if base:
@@ -151,6 +158,8 @@ def main() -> None:
             print(f"  {arm['arm']:<22} accuracy {arm['accuracy']:.3f}{sd}  held-out mean p {arm['heldout_mean_p']:.3f}  "
                   f"drift (flipped) {drift}")
     d = report["direction"]
+    if d is None:
+        return
     print(f"\npapers' direction: strong end, best prior-leaning arm >= nll: {d['strong_best_prior_leaning_ge_nll']}; "
           f"weak end, nll > p: {d['weak_nll_gt_p']}  ({report['seconds']:.0f} s in all; corrupted {corrupted} of "
           f"{len(s_train)} strong training responses)")

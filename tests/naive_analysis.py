@@ -34,7 +34,10 @@ def naive_targets(rows: list[dict]) -> list[dict]:
             target = {"example": e, "position": t, "rel": rel[t],
                       "token": row["labels"][t], "lp": row["logprob"][t], "p": math.exp(row["logprob"][t]),
                       "entropy": row["entropy"][t], "rank": row["rank"][t],
-                      "masks": {name: row[name][t] for name in row if name.startswith("mask_")}}
+                      "masks": {name: row[name][t] for name in row if name.startswith("mask_")},
+                      "weights": {name: row[name][t] for name in row if name == "weight" or name.startswith("weight_")}}
+            if "from_prompt" in row:
+                target["from_prompt"] = row["from_prompt"][t]
             for column in ("teacher_logprob", "topk_ids", "topk_logprobs", "teacher_topk_ids", "teacher_topk_logprobs"):
                 if column in row:
                     target[column] = row[column][t]
@@ -118,6 +121,7 @@ def naive_kl(x: dict) -> tuple[float, float]:
 def naive_summary(directory: Path, classes, n: int = 10) -> dict:
     """The expected summary() of `directory`, computed with plain loops over its rows."""
     rows, meta = rows_of(directory), tokensft.load_metadata(directory)
+    names = datasets.load_from_disk(str(directory)).column_names
     targets = naive_targets(rows)
     ps = [x["p"] for x in targets]
     ex = example_means(rows, targets)
@@ -163,6 +167,7 @@ def naive_summary(directory: Path, classes, n: int = 10) -> dict:
             {"class": name, "count": len(sel), "share": len(sel) / len(targets), **p_stats(sel)}
             for c, name in enumerate(CLASSES) for sel in [[x["p"] for x in targets if classes[x["token"]] == c]]],
         "masks": naive_masks(targets, meta, classes), "references": naive_references(rows, ex, n), "teacher": naive_teacher(targets, meta),
+        "weights": naive_weights(names, rows, targets, meta, classes, n),
         "extremes": {"lowest": [{k: e[k] for k in ("row", "id", "num_targets", "mean_p")}
                                 for e in sorted(with_targets, key=lambda e: e["mean_p"])[:shown]],
                      "highest": [{k: e[k] for k in ("row", "id", "num_targets", "mean_p")}
@@ -241,6 +246,90 @@ def naive_teacher(targets, meta):
         "kl_mean": mean(k for k, _ in kls) if kls else None, "kl_median": median(k for k, _ in kls) if kls else None,
         "kl_q90": quantile([k for k, _ in kls], 0.9) if kls else None, "kl_unknown_mass": mean(c for _, c in kls) if kls else None,
     }
+
+
+def naive_weight_distribution(ws: list[float], ps: list[float]) -> dict:
+    """The statistics of one weight column, by their definitions (tokensft.analysis.weights)."""
+    m, total, top = mean(ws), sum(abs(w) for w in ws), max(abs(w) for w in ws)
+    effective = total / top if top > 0 else 0.0
+    return {"targets": len(ws), "mean": m, "sd": math.sqrt(mean((w - m) ** 2 for w in ws)), "min": min(ws),
+            **{name: quantile(ws, q) for name, q in (("q01", 0.01), ("q05", 0.05), ("q25", 0.25), ("median", 0.5),
+                                                     ("q75", 0.75), ("q95", 0.95), ("q99", 0.99))},
+            "max": max(ws), "frac_zero": mean(1.0 if w == 0 else 0.0 for w in ws), "negative": sum(1 for w in ws if w < 0),
+            "sum": sum(ws), "effective_tokens": effective, "effective_fraction": effective / len(ws),
+            "weighted_mean_p": sum(abs(w) * p for w, p in zip(ws, ps)) / total if total > 0 else None}
+
+
+def naive_weight_groups(targets, column, groups) -> list[dict]:
+    """targets, target_share, mean_weight, median_weight, weight_share of each (label, selection) in `groups`."""
+    total = sum(abs(x["weights"][column]) for x in targets)
+    out = []
+    for label, sel in groups:
+        ws = [x["weights"][column] for x in sel]
+        out.append({**label, "targets": len(ws), "target_share": len(ws) / len(targets), "mean_weight": mean(ws),
+                    "median_weight": median(ws), "weight_share": sum(abs(w) for w in ws) / total if total > 0 else None})
+    return out
+
+
+def naive_weights(names, rows, targets, meta, classes, n=10, tokenizer=None):
+    """summary()["weights"]: every number from loops over the targets; provenance from tokensft.json as written."""
+    columns = sorted((c for c in names if c == "weight" or c.startswith("weight_")), key=lambda c: (c != "weight", c))
+    if not columns:
+        return None
+    ps = [x["p"] for x in targets]
+    provenance, distribution, histogram, by_pos, by_cls, extremes, prompt = {}, [], [], [], [], {}, []
+    for c in columns:
+        ws = [x["weights"][c] for x in targets]
+        empty = dict.fromkeys(["spec", "sources", "example_field", "prompt_weight", "allow_negative", "reads", "scorer",
+                               "scorer_hash", "teacher"])
+        if c == "weight":
+            w = meta.get("weights", {})
+            provenance[c] = {"column": c, "kind": "data", **empty, "sources": w.get("sources"),
+                             "example_field": w.get("example_field"), "prompt_weight": w.get("prompt_weight"),
+                             "allow_negative": w.get("allow_negative"),
+                             "recorded": {k: v for k, v in meta["counts"].items()
+                                          if k in ("weighted_targets", "weight_sum", "negative_weights", "prompt_targets")}}
+        else:
+            r = meta["enrichment"]["weights"][c]
+            provenance[c] = {"column": c, "kind": "computed", **empty, "spec": r["spec"], "reads": r["reads"],
+                             "scorer": r["scorer"]["name"], "scorer_hash": r["scorer"]["content_hash"],
+                             "teacher": r["teacher"]["name"] if r.get("teacher") else None,
+                             "recorded": {k: r[k] for k in ("targets", "mean", "min", "max", "negative", "effective_tokens")
+                                          if k in r}}
+        distribution.append({"column": c, "kind": "data" if c == "weight" else "computed",
+                             **naive_weight_distribution(ws, ps)})
+        lo, hi = min(ws), max(ws)
+        hi = hi if hi > lo else lo + 1.0
+        counts = [0] * 20
+        for w in ws:
+            counts[bin_of(w, lo, hi, 20)] += 1
+        histogram += [{"column": c, "bin": b, "left": edges(lo, hi, 20)[b], "right": edges(lo, hi, 20)[b + 1],
+                       "count": counts[b]} for b in range(20)]
+        by_pos += naive_weight_groups(targets, c, [({"column": c, "bin": b, "left": b / 10, "right": (b + 1) / 10},
+                                                    [x for x in targets if bin_of(x["rel"], 0, 1, 10) == b]) for b in range(10)])
+        if classes is not None:
+            by_cls += naive_weight_groups(targets, c, [({"column": c, "class": name}, [x for x in targets if classes[x["token"]] == k])
+                                                       for k, name in enumerate(CLASSES)])
+        shown = min(n, max(1, len(targets) // 2))
+
+        def record(i):
+            x = targets[i]
+            token = tokenizer.decode([x["token"]]) if tokenizer is not None else f"#{x['token']}"
+            return {"row": x["example"], "id": rows[x["example"]]["id"], "position": x["position"], "token_id": x["token"],
+                    "token": token, "weight": ws[i], "p": x["p"]}
+
+        extremes[c] = {"largest": [record(i) for i in sorted(range(len(ws)), key=lambda i: -ws[i])[:shown]],
+                       "smallest": [record(i) for i in sorted(range(len(ws)), key=lambda i: ws[i])[:shown]]}
+        if "from_prompt" in names:
+            total = sum(abs(w) for w in ws)
+            for part, flag in (("prompt", 1), ("response", 0)):
+                sel = [x for x in targets if x["from_prompt"] == flag]
+                prompt.append({"column": c, "part": part, "targets": len(sel), "mean_weight": mean(x["weights"][c] for x in sel),
+                               "weight_share": sum(abs(x["weights"][c]) for x in sel) / total if total > 0 else None,
+                               "mean_p": mean(x["p"] for x in sel)})
+    return {"columns": columns, "provenance": provenance, "distribution": distribution, "histogram": histogram,
+            "by_position": by_pos, "by_class": by_cls if classes is not None else None, "extremes": extremes,
+            "prompt": prompt if "from_prompt" in names else None}
 
 
 def assert_matches(actual, expected, where: str = "summary") -> None:

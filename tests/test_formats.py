@@ -6,6 +6,7 @@ import pytest
 
 from tokensft.core.errors import ConfigError, InputError
 from tokensft.preprocess.formats import FormatSpec, Message, detect_format, stable_id, to_example
+from tokensft.preprocess.weights import WeightRules
 
 WHERE = "data.jsonl line 12"
 
@@ -75,8 +76,10 @@ def test_empty_user_and_system_content_is_allowed():
         ([{"role": "user", "content": "x"}, {"role": "assistant", "content": None}], "messages[1].content",
          "missing_field", "is missing"),
         ([{"role": "assistant", "content": ""}], "messages[0].content", "empty_field", "is empty"),
-        ([{"role": "user", "content": ["a"]}, {"role": "assistant", "content": "b"}], "messages[0].content",
-         "wrong_type", "is a list, expected a string"),
+        ([{"role": "user", "content": ["a"]}, {"role": "assistant", "content": "b"}], "messages[0].content[0]",
+         "wrong_type", "is a string, expected an object"),  # a content list holds parts {"type": "text", ...}
+        ([{"role": "user", "content": {"a": 1}}, {"role": "assistant", "content": "b"}], "messages[0].content",
+         "wrong_type", "is an object, expected a string or a list of text parts"),
         ([{"content": "x"}], "messages[0].role", "missing_field", "is missing"),
         (["hello"], "messages[0]", "wrong_type", "is a string, expected an object"),
         ([], "messages", "empty_field", "is an empty list"),
@@ -212,3 +215,115 @@ def test_explicit_id_is_kept():
     assert normalize({"id": "", "text": "t"}).id == normalize({"text": "t"}).id  # empty id: derived instead
     assert normalize({"id": None, "text": "t"}).id == normalize({"text": "t"}).id
     assert error_of({"id": [1], "text": "t"}).reason == "wrong_type"
+
+
+# --- weights and content parts (read with WeightRules, as `tokensft score` does) ---------------
+
+RULES = WeightRules()
+
+
+def weighted(record, rules=RULES, spec=FormatSpec()):
+    return to_example(record, spec, WHERE, detect_format(record, spec, WHERE), rules)
+
+
+def parts_turn(*parts, **extra):
+    return {"role": "assistant", "content": [{"type": "text", "text": t, **({"weight": w} if w is not None else {})}
+                                             for t, w in parts], **extra}
+
+
+def test_weights_per_example_turn_and_part():
+    record = {"weight": 2, "messages": [{"role": "user", "content": [{"text": "Hi "}, {"text": "there"}]},
+                                        parts_turn(("Hello", 3), (" you", None), weight=0.5)]}
+    example = weighted(record)
+    assert example.weight == 2.0
+    assert example.messages == (Message("user", "Hi there", False),
+                                Message("assistant", "Hello you", True, 0.5, ((5, 3.0), (9, None))))
+    assert weighted({"prompt": "p", "response": "r", "weight": 1.5}).weight == 1.5
+    assert weighted({"text": "t", "w": 4}, WeightRules(field="w")).weight == 4.0
+    assert weighted({"text": "t", "weight": None}).weight is None  # null: no weight, 1
+
+
+def test_weight_0_on_a_prompt_message_is_accepted_as_not_trained():
+    """axolotl's ShareGPT marks human turns "weight": 0; prompt tokens are untrained already."""
+    record = {"messages": [{"role": "user", "content": [{"text": "Hi", "weight": 0}], "weight": 0},
+                           {"role": "system", "content": "s", "weight": 0.0}, {"role": "assistant", "content": "Hey"}]}
+    example = weighted(record)
+    assert example.messages[0] == Message("user", "Hi", False) and example.messages[1] == Message("system", "s", False)
+    for bad in (1, True, 0.5):
+        with pytest.raises(InputError, match="weights apply to assistant turns"):
+            weighted({"messages": [{"role": "user", "content": "Hi", "weight": bad}, {"role": "assistant", "content": "x"}]})
+
+
+def test_content_parts_without_weights_equal_a_string():
+    as_parts = {"messages": [{"role": "user", "content": "Hi"}, parts_turn(("Hel", None), ("lo.", None))]}
+    as_text = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
+    assert weighted(as_parts) == weighted(as_text) == normalize(as_parts)
+
+
+def test_without_rules_weights_are_ignored():
+    record = {"weight": "bad", "messages": [{"role": "user", "content": "Hi", "weight": -1},
+                                            parts_turn(("Hello", math.nan), weight=True)]}
+    example = normalize(record)
+    assert example.weight is None and example.messages[1] == Message("assistant", "Hello", True)
+
+
+@pytest.mark.parametrize(
+    "record, field, reason, text",
+    [
+        ({"text": "t", "weight": math.nan}, "weight", "bad_weight", "is nan, expected a finite number"),
+        ({"text": "t", "weight": -math.inf}, "weight", "bad_weight", "is -inf, expected a finite number"),
+        ({"text": "t", "weight": "2"}, "weight", "bad_weight", "is a string, expected a number"),
+        ({"text": "t", "weight": False}, "weight", "bad_weight", "is a boolean, expected a number"),
+        ({"text": "t", "weight": -0.5}, "weight", "bad_weight", "is negative (-0.5)"),
+        ({"messages": [parts_turn(("a", 1), ("b", "x"))]}, "messages[0].content[1].weight", "bad_weight", "is a string"),
+        ({"messages": [{"role": "assistant", "content": "a", "weight": [2]}]}, "messages[0].weight", "bad_weight",
+         "is a list"),
+        ({"messages": [{"role": "user", "content": "a", "weight": 2}, {"role": "assistant", "content": "b"}]},
+         "messages[0].weight", "bad_weight", "weights apply to assistant turns (0 is accepted); prompt tokens take --prompt-weight"),
+        ({"messages": [{"role": "user", "content": [{"text": "a", "weight": 2}]}, {"role": "assistant", "content": "b"}]},
+         "messages[0].content[0].weight", "bad_weight", "weights apply to assistant turns"),
+        ({"messages": [{"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "text"}]}]},
+         "messages[0].content[1].text", "missing_field", "is missing"),
+        ({"messages": [{"role": "assistant", "content": [{"text": 5}]}]}, "messages[0].content[0].text", "wrong_type",
+         "is a number, expected a string"),
+        ({"messages": [{"role": "assistant", "content": [{"type": "image", "text": "a"}]}]},
+         "messages[0].content[0].type", "wrong_type", "is 'image', expected 'text'"),
+        ({"messages": [{"role": "assistant", "content": [{"text": " "}, {"text": ""}]}]}, "messages[0].content",
+         "empty_field", "is empty"),
+        ({"conversations": [{"from": "gpt", "value": "a", "weight": "x"}]}, "conversations[0].weight", "bad_weight",
+         "is a string"),
+    ],
+)
+def test_bad_weights_name_the_field_and_reason(record, field, reason, text):
+    with pytest.raises(InputError) as info:
+        weighted(record)
+    err = info.value
+    assert str(err).startswith(f"{WHERE}, field '{field}': {text}"), str(err)
+    assert err.reason == reason and "--skip-invalid" in str(err)
+
+
+def test_negative_weights_with_the_flag_and_numbers_as_text():
+    assert weighted({"text": "t", "weight": -2}, WeightRules(allow_negative=True)).weight == -2.0
+    assert "--allow-negative-weights" in str(error_of_rules({"text": "t", "weight": -2}))
+    csv = WeightRules(text_numbers=True)
+    assert weighted({"text": "t", "weight": "2.5"}, csv).weight == 2.5
+    assert weighted({"text": "t", "weight": ""}, csv).weight is None  # an empty cell
+    assert error_of_rules({"text": "t", "weight": "nan"}, csv).reason == "bad_weight"
+    assert error_of_rules({"text": "t", "weight": "heavy"}, csv).reason == "bad_weight"
+
+
+def error_of_rules(record, rules=RULES) -> InputError:
+    with pytest.raises(InputError) as info:
+        weighted(record, rules)
+    return info.value
+
+
+def test_stable_ids_change_with_weights_only_when_one_is_not_1():
+    base = {"messages": [{"role": "user", "content": "p"}, {"role": "assistant", "content": "r"}]}
+    plain = normalize(base).id
+    assert weighted(base).id == plain and weighted({**base, "weight": 1}).id == plain
+    assert weighted({"messages": [base["messages"][0], parts_turn(("r", 1))]}).id == plain
+    ids = {weighted({**base, "weight": 2}).id, weighted({**base, "weight": 3}).id,
+           weighted({"messages": [base["messages"][0], {**base["messages"][1], "weight": 2}]}).id,
+           weighted({"messages": [base["messages"][0], parts_turn(("r", 2))]}).id, plain}
+    assert len(ids) == 5

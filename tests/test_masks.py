@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tokensft.core.errors import ConfigError
-from tokensft.core.masks import mask_values, parse_mask, quantile_threshold
+from tokensft.core.masks import mask_values, parse_mask, quantile_threshold, source_values
 
 M64 = (1 << 64) - 1
 
@@ -89,6 +89,7 @@ CANONICAL = [
     ("quantile>=0.3", "quantile_ge_0.3"), ("random:0.3:42", "random_0.3_seed42"),
     ("teacher:prob>=0.1", "teacher_prob_ge_0.1"), ("teacher:top-frac:0.5", "teacher_top_frac_0.5"),
     ("teacher:random:0.9:7", "teacher_random_0.9_seed7"), ("prob>=0.00001", "prob_ge_0.00001"),
+    ("excess-top-frac:0.6", "excess_top_frac_0.6"), ("excess-quantile>=0.3", "excess_quantile_ge_0.3"),
 ]
 
 
@@ -127,7 +128,9 @@ def test_parse_large_random_seed(seed):
     ("prob>0.1", "not a mask spec"), ("top-k:5", "not a mask spec"), ("", "not a mask spec"),
     ("prob>=1.5", "outside [0, 1]"), ("prob>=-0.1", "outside [0, 1]"), ("random:1.5:3", "outside [0, 1]"),
     ("top-frac:2", "outside [0, 1]"), ("prob_ge_1.5", "outside [0, 1]"), ("quantile_ge_nan", "outside [0, 1]"),
-    ("prob-between:0.8:0.2", "exceeds"),
+    ("prob-between:0.8:0.2", "exceeds"), ("excess-prob>=0.1", "not a probability"),
+    ("excess-random:0.5:1", "not a probability"),
+    ("excess-top-frac:1.5", "outside [0, 1]"), ("excess-teacher:top-frac:0.5", "not a mask spec"),
 ])
 def test_parse_rejects(text, message):
     """Bad specs raise ConfigError naming the spec and the problem."""
@@ -254,3 +257,52 @@ def test_random_drop_rate(f):
     kept = sum(masked(f"random:{f}:123", logprob, offsets, ids))
     assert n > 90_000
     assert abs((n - kept) / n - f) <= 4 * math.sqrt(f * (1 - f) / n)
+
+
+def excess_shard(seed: int, ties: bool = False):
+    """A shard's scorer and teacher log-probs (NaN at the same non-targets) and its offsets and ids."""
+    logprob, offsets, ids = make_shard(seed, ties=ties)
+    rng = np.random.default_rng(seed + 100)
+    teacher = np.log(rng.uniform(1e-6, 1.0, len(logprob))).astype(np.float32)
+    if ties:
+        teacher = np.round(teacher, 0)
+    teacher[np.isnan(logprob)] = np.nan
+    return {"logprob": logprob, "teacher_logprob": teacher}, offsets, ids
+
+
+def naive_excess(flat) -> list[float | None]:
+    """Rho-1's excess loss of each target, (-log p_scorer) - (-log p_ref), at float32 precision."""
+    return [None if math.isnan(s) else float(np.float32(t) - np.float32(s))
+            for s, t in zip(flat["logprob"].tolist(), flat["teacher_logprob"].tolist())]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("f", [0.0, 0.25, 0.6, 0.7, 1.0])
+@pytest.mark.parametrize("ties", [False, True])
+def test_excess_top_frac_is_a_naive_rho1_per_sequence(seed, f, ties):
+    """excess-top-frac:F keeps, per row, the ceil(F * n) targets of largest excess loss (ties: earlier)."""
+    flat, offsets, ids = excess_shard(seed, ties)
+    spec = parse_mask(f"excess-top-frac:{f}")
+    assert spec.reads == ("logprob", "teacher_logprob") and spec.source == "excess"
+    scores = naive_excess(flat)
+    want = []
+    for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+        row = [(j, scores[j]) for j in range(a, b) if scores[j] is not None]
+        kept = {j for j, _ in sorted(row, key=lambda x: (-x[1], x[0]))[:math.ceil(Fraction(repr(f)) * len(row))]}
+        want += [int(j in kept) for j in range(a, b)]
+    ranked = source_values(spec, flat)
+    assert [None if math.isnan(x) else x for x in ranked.tolist()] == scores
+    assert mask_values(spec, ranked, offsets, ids).tolist() == want
+
+
+@pytest.mark.parametrize("q", [0.0, 0.3, 0.5, 0.95, 1.0])
+def test_excess_quantile_is_the_dataset_wide_order_statistic(q):
+    flat, offsets, ids = excess_shard(2)
+    scores = naive_excess(flat)
+    at = sorted(x for x in scores if x is not None)
+    threshold = at[math.floor(Fraction(repr(q)) * (len(at) - 1))]
+    spec = parse_mask(f"excess-quantile>={q}")
+    ranked = source_values(spec, flat)
+    t = quantile_threshold(ranked[~np.isnan(ranked)], q)
+    assert t == threshold
+    assert mask_values(spec, ranked, offsets, ids, t).tolist() == [int(x is not None and x >= threshold) for x in scores]

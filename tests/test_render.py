@@ -147,3 +147,14 @@ def test_template_error_is_an_input_error():
     with pytest.raises(InputError, match="data.jsonl line 3: the chat template rejects this conversation: Conversation roles") as info:
         Renderer(tokenizer, "chat")(example, "data.jsonl line 3")
     assert info.value.reason == "template"
+
+
+def test_target_tokens_give_the_first_char_inside_the_span():
+    """What weights read: a token straddling the prompt/response boundary starts, for its weight,
+    at the span's first character; the closing special token is marked -1."""
+    from tokensft.preprocess.render import target_tokens
+
+    text = "hi|yo<e>"
+    offsets = [(0, 1), (1, 3), (3, 5), (5, 8), (8, 8)]
+    targets = target_tokens([10, 11, 12, 99, 50], offsets, [(2, 5)], special_ids={99, 50}, text=text)
+    assert targets == [(1, 0, 2), (2, 0, 3), (3, 0, -1)]

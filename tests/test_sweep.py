@@ -41,6 +41,8 @@ def test_each_arm_equals_train_and_eval_by_hand(inputs, tiny_dirs, tmp_path):
     assert [a["arm"] for a in results["arms"]] == ["nll", "p"] and (out / "index.html").is_file()
     arm = results["arms"][1]  # p, seed 0: rerun by hand from the recorded commands, into other directories
     train_cmd, eval_cmd = (shlex.split(c)[1:] for c in arm["runs"][0]["commands"])
+    # held-out prompts are rendered with the template the training data was scored with
+    assert eval_cmd[eval_cmd.index("--template") + 1] == json.loads((data / "tokensft.json").read_text())["render"]["template"]
     mine = tmp_path / "by-hand"
     train_cmd[train_cmd.index("-o") + 1] = str(mine / "model")
     eval_cmd[eval_cmd.index("-o") + 1] = str(mine / "eval")

@@ -3,9 +3,9 @@
     summary(load_targets(DIR), classify_vocab(tokenizer))   # what `tokensft report` writes as summary.json
 
 Keys: version, overview, continuum, recommendation, quantiles, histogram, entropy_vs_probability,
-by_position, by_class, masks, references, teacher, extremes. Tables are lists of records (the
-columns of the matching DataFrame function); by_class is null without token classes, masks /
-references / teacher are null when the dataset has none.
+by_position, by_class, masks, references, teacher, weights, extremes. Tables are lists of records
+(the columns of the matching DataFrame function); by_class is null without token classes, masks /
+references / teacher / weights are null when the dataset has none.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from tokensft.analysis.stats import (by_class, by_position, entropy_vs_probabili
                                      probability_histogram, quantiles)
 from tokensft.analysis.tables import jsonable
 from tokensft.analysis.targets import Targets
+from tokensft.analysis.weights import weight_stats
 
 SUMMARY_VERSION = 1
 EXAMPLE_COLUMNS = ["row", "id", "num_targets", "mean_p"]
@@ -53,12 +54,15 @@ def summary(t: Targets, classes: np.ndarray | None = None, bins: int = 20, log_b
             "summary": refs["summary"], "histogram": refs["histogram"],
             "lowest": refs["lowest"][["row", "id", "num_targets", "mean_logprob", *refs["columns"]]]},
         "teacher": None if teacher is None else teacher["summary"],
+        "weights": parts["weights"],
         "extremes": {"lowest": lowest[EXAMPLE_COLUMNS], "highest": highest[EXAMPLE_COLUMNS]},
     }
     return jsonable(out)
 
 
 def enrichment_parts(t: Targets, classes: np.ndarray | None = None, bins: int = 20, position_bins: int = 10,
-                     n: int = 10) -> dict:
-    """{"masks": mask_stats, "refs": reference_stats, "teacher": teacher_stats}, with summary()'s settings."""
-    return {"masks": mask_stats(t, classes, position_bins), "refs": reference_stats(t, bins, n), "teacher": teacher_stats(t)}
+                     n: int = 10, tokenizer=None) -> dict:
+    """{"masks": mask_stats, "refs": reference_stats, "teacher": teacher_stats, "weights": weight_stats}, with
+    summary()'s settings; `tokenizer` decodes the weights' extreme tokens ("#id" without one)."""
+    return {"masks": mask_stats(t, classes, position_bins), "refs": reference_stats(t, bins, n), "teacher": teacher_stats(t),
+            "weights": weight_stats(t, classes, tokenizer, bins, position_bins, n)}

@@ -13,6 +13,10 @@ Sparse top-k distributions are (N, K) arrays: the schema stores exactly K entrie
 target and [] elsewhere, so the inner list values of a shard are already a row-major (N, K)
 block. Log-probs stay float16 as stored (1M targets x K = 20 is 40 MB) and are upcast by the
 functions that use them.
+
+Loss weights (the data's `weight`, enrich's weight_<name>) are read at the targets, where every
+one must be finite (NaN only at non-targets); `from_prompt` marks the prompt tokens that
+`score --prompt-weight` made targets.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ import pyarrow as pa
 
 from tokensft.core.errors import ConfigError
 from tokensft.core.dataset import flat_list, load_metadata, read_schema, read_table, shard_paths
-from tokensft.core.schema import (IGNORE_INDEX, MASK_PREFIX, REF_MEAN_LOGPROB, REF_PREFIX, TEACHER_LOGPROB,
-                                  TOPK_COLUMNS, is_mask_column, ref_columns)
+from tokensft.core.schema import (FROM_PROMPT, IGNORE_INDEX, MASK_PREFIX, REF_MEAN_LOGPROB, REF_PREFIX, TEACHER_LOGPROB,
+                                  TOPK_COLUMNS, WEIGHT, is_mask_column, is_weight_column, ref_columns)
 
 
 @dataclass
@@ -45,6 +49,8 @@ class Targets:
     entropy: np.ndarray  # float32, entropy of the scorer's predictive distribution
     rank: np.ndarray  # int32, rank of the target (0 = argmax)
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # mask_<name> -> bool (N,), True = kept
+    weights: dict[str, np.ndarray] = field(default_factory=dict)  # weight / weight_<name> -> float64 (N,), finite
+    from_prompt: np.ndarray | None = None  # bool (N,): a prompt token made a target by --prompt-weight
     teacher_logprob: np.ndarray | None = None  # float64
     topk_ids: np.ndarray | None = None  # (N, K) int32, the scorer's K most likely ids, most likely first
     topk_logprobs: np.ndarray | None = None  # (N, K) float16
@@ -70,6 +76,11 @@ class Targets:
         """ref_<name>_mean_logprob of each reference, then ref_mean_logprob (their mean), when present."""
         named = ref_columns(self.examples.columns)
         return named + ([REF_MEAN_LOGPROB] if REF_MEAN_LOGPROB in self.examples.columns else [])
+
+    @property
+    def weight_columns(self) -> list[str]:
+        """The weight columns present: the data's `weight` first, then each weight_<name>, sorted."""
+        return sorted(self.weights, key=lambda c: (c != WEIGHT, c))
 
 
 def _topk_block(column: pa.ChunkedArray, targets: np.ndarray, where: str) -> np.ndarray:
@@ -105,6 +116,9 @@ def _read_shard(path: Path, columns: list[str]) -> dict:
                 raise ConfigError(f"{path}: column {name} is not aligned with labels; re-score this dataset")
             out[name] = values[idx]
     _check_logprobs(path, table, out["row"], out["logprob"])
+    for name in columns:
+        if is_weight_column(name):
+            _check_weights(path, table, out["row"], name, out[name])
     return out
 
 
@@ -121,6 +135,16 @@ def _check_logprobs(path: Path, table: pa.Table, rows: np.ndarray, logprob: np.n
                           "re-score this dataset")
 
 
+def _check_weights(path: Path, table: pa.Table, rows: np.ndarray, name: str, weight: np.ndarray) -> None:
+    """Every target has a finite weight: a NaN one is a weight lost at a target (the schema puts NaN only elsewhere)."""
+    bad = np.flatnonzero(~np.isfinite(weight))
+    if len(bad):
+        row = int(rows[bad[0]])
+        raise ConfigError(f"{path} row {row} (id {table['id'][row].as_py()!r}), field {name}: {weight[bad[0]]} at a "
+                          f"target ({len(bad):,} such targets in this shard); a stored weight is finite at every "
+                          "target: rewrite the column (`tokensft score` for `weight`, `tokensft enrich --weight` otherwise)")
+
+
 def load_targets(path: str | Path, topk: bool = True) -> Targets:
     """Every target token of the finished scored dataset at `path` (see `Targets`).
 
@@ -133,6 +157,7 @@ def load_targets(path: str | Path, topk: bool = True) -> Targets:
         names = read_schema(shard).names
         wanted = ["id", "labels", "logprob", "entropy", "rank", "truncated", "kind"]
         wanted += [n for n in names if n.startswith((MASK_PREFIX, REF_PREFIX)) or n == TEACHER_LOGPROB]
+        wanted += [n for n in names if is_weight_column(n) or n == FROM_PROMPT]
         wanted += [n for n in TOPK_COLUMNS if topk and n in names]
         missing = [n for n in wanted if n not in names]
         if missing:
@@ -165,11 +190,13 @@ def _assemble(path: str, meta: dict, parts: list[dict], num_examples: int) -> Ta
             dtype = np.int32 if name.endswith("ids") else np.float16
             topk[name] = np.concatenate(blocks).astype(dtype, copy=False) if blocks else np.zeros((0, 0), dtype)
     mask_names = [m for m in (parts[0] if parts else {}) if is_mask_column(m)]
+    weight_names = [w for w in (parts[0] if parts else {}) if is_weight_column(w)]
     return Targets(
         path=path, meta=meta, examples=_examples_frame(parts, example, counts, starts, logprob), example=example,
         position=position, rel_position=rel, token_id=_cat(parts, "token_id", np.int32),
         logprob=logprob, entropy=_cat(parts, "entropy", np.float32), rank=_cat(parts, "rank", np.int32),
-        masks={m: _cat(parts, m, bool) for m in mask_names},
+        masks={m: _cat(parts, m, bool) for m in mask_names}, weights={w: _cat(parts, w, np.float64) for w in weight_names},
+        from_prompt=_cat(parts, FROM_PROMPT, bool, optional=True),
         teacher_logprob=_cat(parts, TEACHER_LOGPROB, np.float64, optional=True), **topk,
     )
 

@@ -28,7 +28,14 @@ def add_enrich_flags(g, teacher_top_k: str) -> None:
     g.add_argument("--mask", action="append", default=[], metavar="SPEC",
                    help="add a mask column mask_<name> (repeatable): prob>=T (ProFit: 0.1), prob<=T, prob-between:A:B, "
                         "top-frac:F (per sequence), quantile>=Q (dataset-wide), random:F:SEED (drop F); "
-                        "prefix teacher: to threshold the teacher's probabilities")
+                        "prefix teacher: to threshold the teacher's probabilities; excess-top-frac:F, "
+                        "excess-quantile>=Q (Rho-1: rank by teacher_logprob - logprob, the teacher as reference)")
+    g.add_argument("--weight", action="append", default=[], metavar="SPEC",
+                   help="add a loss-weight column weight_<name> (repeatable, computed in order, after the masks): "
+                        "prob^A (sg(p)^A; DFT at A=1), excess (Rho-1: teacher_logprob - logprob, the scorer the "
+                        "model to train, the --teacher the reference), product:A*B (stored weights and masks, "
+                        "`weight` the data's), then modifiers ,clip:LO:HI ,normalize:sequence "
+                        "(e.g. prob^1,clip:0.05:1)")
     g.add_argument("--ref", action="append", default=[], metavar="MODEL",
                    help="PoFT reference model (repeatable): scores each response in its own tokenizer and chat "
                         "template -> ref_<name>_mean_logprob, ref_<name>_num_targets, ref_mean_logprob")
@@ -44,7 +51,7 @@ def add_enrich_flags(g, teacher_top_k: str) -> None:
                         ("20" if teacher_top_k == "--top-k" else "--top-k, else 20") + ")")
 
 
-EXPLICIT = ("input", "output", "masks", "refs", "ref_names", "teacher", "top_k")  # set by enrich_config itself
+EXPLICIT = ("input", "output", "masks", "weights", "refs", "ref_names", "teacher", "top_k")  # set by enrich_config itself
 
 
 def enrich_config(args, input: str, top_k: int, output: str | None = None, **fixed):
@@ -53,7 +60,7 @@ def enrich_config(args, input: str, top_k: int, output: str | None = None, **fix
 
     names = getattr(args, "ref_names_by_index", None) or {}
     settings = {**given(args, RunConfig), **fixed}
-    return EnrichConfig(input=input, output=output, masks=args.mask, refs=args.ref,
+    return EnrichConfig(input=input, output=output, masks=args.mask, weights=args.weight, refs=args.ref,
                         ref_names=[names.get(i) for i in range(len(args.ref))], teacher=args.teacher, top_k=top_k,
                         command=shlex.join(["tokensft", *args.argv]),
                         **given(args, EnrichConfig, exclude=(*EXPLICIT, *settings)), **settings)
@@ -67,9 +74,9 @@ def run_enrich(config) -> dict:
 
 def add(sub) -> None:
     p = sub.add_parser(
-        "enrich", help="add masks, PoFT reference likelihoods and teacher top-k to a scored dataset",
-        description="Add columns to a scored dataset without re-running its scorer: masks from the stored "
-        "probabilities, PoFT reference likelihoods (each reference in its own tokenizer and template), and a "
+        "enrich", help="add masks, loss weights, PoFT reference likelihoods and teacher top-k to a scored dataset",
+        description="Add columns to a scored dataset without re-running its scorer: masks and loss weights from "
+        "the stored probabilities, PoFT reference likelihoods (each reference in its own tokenizer and template), and a "
         "teacher's top-k distributions for Q-target training. In place (atomically) unless --output.",
     )
     p.add_argument("directory", help="a dataset written by `tokensft score`")
@@ -86,6 +93,6 @@ def run(args) -> int:
     top_k = args.teacher_top_k if args.teacher_top_k is not None else 20
     config = enrich_config(args, input=args.directory, top_k=top_k, output=args.output)
     if not config.requested:
-        raise TokensftError("nothing to add: give --mask, --ref or --teacher")
+        raise TokensftError("nothing to add: give --mask, --weight, --ref or --teacher")
     print("\n".join(console.enrich_lines(run_enrich(config))))
     return 0

@@ -106,6 +106,10 @@ def run_sweep(args) -> int:
     train = given(args, TrainConfig, exclude=SWEEP_SETS)
     evaluation = given(args, EvalConfig, exclude=("model", "input", "output", "format", "seed", "quiet", "rank",
                                                   "world_size", "overwrite", "skip_invalid", "wait", "resume"))
+    if "template" not in evaluation:  # held-out prompts rendered as the training data was
+        from tokensft.core.dataset import load_metadata
+
+        evaluation["template"] = load_metadata(args.data).get("render", {}).get("template", EvalConfig.template)
     spec = given(args, FormatSpec)
     if spec:
         evaluation["format"] = spec  # a dict here (results.json keeps it); EvalConfig gets a FormatSpec

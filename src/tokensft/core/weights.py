@@ -108,7 +108,9 @@ def _term(text: str, head: str) -> tuple:
     if head.startswith("product:"):
         operands = head[len("product:"):].split("*")
         if len(operands) < 2 or not all(operands):
-            raise ConfigError(f"--weight {text!r}: a product needs two or more factors, e.g. product:weight*prob^1")
+            raise ConfigError(f"--weight {text!r}: a product needs two or more factors, e.g. product:weight*prob^1 "
+                              "(a factor with modifiers goes by its column, e.g. weight_prob_pow_1__clip_0.05_1: "
+                              "commas start modifiers)")
         return "product", 1.0, tuple(factor_column(text, o) for o in operands)
     raise ConfigError(f"--weight {text!r}: not a weight spec; use {GRAMMAR}")
 

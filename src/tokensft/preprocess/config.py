@@ -11,11 +11,13 @@ Defaults live here, in the dataclass, once: the CLI passes only the flags a user
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
 from tokensft.core.errors import ConfigError
 from tokensft.preprocess.formats import FormatSpec
+from tokensft.preprocess.weights import WeightRules
 
 
 def env_rank() -> tuple[int, int]:
@@ -80,6 +82,9 @@ class ScoreConfig(RunConfig):
     top_k: int = 0
     shard_size: int = 1000  # input rows per shard (the unit of resume)
     resume: bool = True
+    weight_field: str | None = None  # per-example weight field; None: "weight", which no row need have
+    prompt_weight: float = 0.0  # != 0: prompt tokens become targets of this weight (WIT)
+    allow_negative_weights: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -92,3 +97,15 @@ class ScoreConfig(RunConfig):
         if self.world_size > 1 and not self.resume:
             # every rank would wipe the output, deleting shards the others just wrote
             raise ConfigError("--no-resume with several ranks: delete the output directory first instead")
+        if self.weight_field is not None and not self.weight_field.strip():
+            raise ConfigError("--weight-field '': give the name of the per-example weight field")
+        if not math.isfinite(self.prompt_weight):
+            raise ConfigError(f"--prompt-weight {self.prompt_weight}: must be a finite number")
+        if self.prompt_weight < 0 and not self.allow_negative_weights:
+            raise ConfigError(f"--prompt-weight {self.prompt_weight:g}: negative weights push the model away from "
+                              "the prompt; pass --allow-negative-weights if that is meant")
+
+    def weight_rules(self, kind: str) -> WeightRules:
+        """How the records' weights are read, for input kind `kind` (a CSV cell holds a number as text)."""
+        return WeightRules(field=self.weight_field or "weight", allow_negative=self.allow_negative_weights,
+                           text_numbers=kind == "csv")

@@ -9,8 +9,16 @@ Accepted layouts (field names as found in common SFT datasets):
     alpaca           {"instruction", "input"?, "output"}
     prompt-response  {"prompt", "response"} | {"prompt", "completion"} | {"question", "answer"}  (GSM8K)
     text             {"text"}  -- plain text, every token a target
+A message's content may also be a list of text parts [{"type": "text", "text": ...}, ...], joined
+with "" (the joined text is what is rendered and stored). With `rules` (a `weights.WeightRules`;
+`tokensft score` passes one) the weights written in the record are read too: per example (a
+top-level field, any format), per assistant turn, per part of an assistant turn (a target token
+weighs example x turn x part; one whose characters come from two parts takes the part of its first
+character inside the target span, the turn's closing special token its last part's: see
+`preprocess.weights`). Without `rules` (eval), weights are ignored.
 Every problem raises `InputError` naming the field and a `reason` (missing_field, empty_field,
-wrong_type, unknown_role, no_target_turn, unknown_format) that is counted when rows are skipped.
+wrong_type, unknown_role, no_target_turn, unknown_format, bad_weight) that is counted when rows are
+skipped.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import math
 from dataclasses import dataclass
 
 from tokensft.core.errors import ConfigError, InputError
+from tokensft.preprocess.weights import TURN_KEY, WeightRules, id_payload, parse_parts, parse_weight, refuse_on_prompt, untrained
 
 FORMATS = ("messages", "prompt-response", "alpaca", "text")
 TARGETS = ("all", "last")
@@ -36,6 +45,9 @@ class Message:
     role: str  # "system" | "user" | "assistant" | "text"
     content: str
     is_target: bool  # train on this message's tokens
+    weight: float | None = None  # the turn's weight (assistant turns); None: none given, 1
+    # content given as weighted parts: ((end char of the part in `content`, its weight or None), ...); () = one part
+    parts: tuple[tuple[int, float | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,7 @@ class Example:
     id: str
     kind: str  # "chat" (rendered through a chat template) or "text" (plain text, every token a target)
     messages: tuple[Message, ...]
+    weight: float | None = None  # the example's weight (--weight-field); None: none given, 1
 
 
 @dataclass(frozen=True)
@@ -105,22 +118,28 @@ def detect_format(record: dict, spec: FormatSpec, where: str) -> str:
     )
 
 
-def to_example(record: dict, spec: FormatSpec, where: str, fmt: str) -> Example:
-    """Normalize one record in format `fmt` (from `detect_format`) into an `Example`."""
+def to_example(record: dict, spec: FormatSpec, where: str, fmt: str, rules: WeightRules | None = None) -> Example:
+    """Normalize one record in format `fmt` (from `detect_format`) into an `Example`; with `rules`,
+    read its weights too (else they are ignored)."""
     assert fmt in FORMATS, fmt
     if fmt == "messages":
-        kind, messages = "chat", _messages(record, spec, where)
+        kind, messages = "chat", _messages(record, spec, where, rules)
     elif fmt == "text":
         field = spec.text_field or "text"
         kind, messages = "text", (Message("text", _required(record, field, where), True),)
     else:
         kind, messages = "chat", _system(record, spec, where) + _single_turn(record, spec, where, fmt)
-    return Example(_example_id(record, spec.id_field, where, messages, kind), kind, messages)
+    weight = parse_weight(record.get(rules.field), rules, where, rules.field) if rules else None
+    return Example(_example_id(record, spec.id_field, where, messages, kind, weight), kind, messages, weight)
 
 
-def stable_id(example_messages, kind: str) -> str:
-    """First 16 hex chars of sha256 over canonical JSON of the content: the same on every run and machine."""
+def stable_id(example_messages, kind: str, weight: float | None = None) -> str:
+    """First 16 hex chars of sha256 over canonical JSON of the content: the same on every run and machine.
+    The weights (example `weight`, the messages' turn and part weights) are hashed only when one of
+    them is not 1, so a record without weights keeps the id it always had."""
     payload = [kind, [[m.role, m.content, m.is_target] for m in example_messages]]
+    if (weights := id_payload(weight, example_messages)) is not None:
+        payload.append(weights)
     canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
@@ -128,7 +147,7 @@ def stable_id(example_messages, kind: str) -> str:
 # --- per-format helpers --------------------------------------------------------------------------
 
 
-def _messages(record: dict, spec: FormatSpec, where: str) -> tuple[Message, ...]:
+def _messages(record: dict, spec: FormatSpec, where: str, rules: WeightRules | None) -> tuple[Message, ...]:
     field = spec.messages_field or next((f for f in MESSAGES_FIELDS if _present(record, f)), MESSAGES_FIELDS[0])
     turns = _value(record, field, where)
     if isinstance(turns, str):  # CSV cells and some Parquet exports hold the list as a JSON string
@@ -141,16 +160,17 @@ def _messages(record: dict, spec: FormatSpec, where: str) -> tuple[Message, ...]
     if not turns:
         raise InputError(where, field, "is an empty list", fix=f"give at least one assistant turn, {SKIP_HINT}",
                          reason="empty_field")
-    pairs = [_role_content(turn, f"{field}[{i}]", where) for i, turn in enumerate(turns)]
-    assistant_turns = [i for i, (role, _) in enumerate(pairs) if role == "assistant"]
+    parsed = [_turn(turn, f"{field}[{i}]", where, rules) for i, turn in enumerate(turns)]
+    assistant_turns = [i for i, m in enumerate(parsed) if m.role == "assistant"]
     if not assistant_turns:
         raise InputError(where, field, "has no assistant turn to train on",
                          fix=f"add an assistant (or ShareGPT gpt) message, {SKIP_HINT}", reason="no_target_turn")
     targets = set(assistant_turns[-1:] if spec.targets == "last" else assistant_turns)
-    return tuple(Message(role, content, i in targets) for i, (role, content) in enumerate(pairs))
+    return tuple(Message(m.role, m.content, i in targets, m.weight, m.parts) for i, m in enumerate(parsed))
 
 
-def _role_content(turn, field: str, where: str) -> tuple[str, str]:
+def _turn(turn, field: str, where: str, rules: WeightRules | None) -> Message:
+    """One message (not yet marked target or not): role, content (a list of parts joined), weights."""
     if not isinstance(turn, dict):
         raise _wrong_type(where, field, turn, "an object with role and content")
     # ShareGPT items are {"from", "value"}; both spellings normalize to (role, content).
@@ -162,12 +182,20 @@ def _role_content(turn, field: str, where: str) -> tuple[str, str]:
                          reason="unknown_role")
     role = ROLES[raw_role]
     content_field = f"{field}.{content_key}"
-    if role == "assistant":  # an empty target has no tokens to score
-        return role, _required(turn, content_key, where, content_field)
-    content = _value(turn, content_key, where, content_field)
+    content, parts = _value(turn, content_key, where, content_field), ()
+    if isinstance(content, list):
+        content, parts = parse_parts(content, rules, where, content_field, assistant=role == "assistant")
     if not isinstance(content, str):
-        raise _wrong_type(where, content_field, content, "a string")
-    return role, content
+        raise _wrong_type(where, content_field, content, "a string or a list of text parts")
+    if role == "assistant" and not content.strip():  # an empty target has no tokens to score
+        raise InputError(where, content_field, "is empty", fix=f"fill it in, {SKIP_HINT}", reason="empty_field")
+    weight = None
+    if rules is not None and turn.get(TURN_KEY) is not None:
+        if role == "assistant":
+            weight = parse_weight(turn[TURN_KEY], rules, where, f"{field}.{TURN_KEY}")
+        elif not untrained(turn[TURN_KEY]):
+            raise refuse_on_prompt(where, f"{field}.{TURN_KEY}")
+    return Message(role, content, False, weight, parts)
 
 
 def _single_turn(record: dict, spec: FormatSpec, where: str, fmt: str) -> tuple[Message, ...]:
@@ -207,13 +235,14 @@ def _system(record: dict, spec: FormatSpec, where: str) -> tuple[Message, ...]:
     return (Message("system", system, False),) if system.strip() else ()
 
 
-def _example_id(record: dict, id_field: str, where: str, messages: tuple[Message, ...], kind: str) -> str:
+def _example_id(record: dict, id_field: str, where: str, messages: tuple[Message, ...], kind: str,
+                weight: float | None) -> str:
     if not _present(record, id_field):
-        return stable_id(messages, kind)
+        return stable_id(messages, kind, weight)
     value = record[id_field]
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise _wrong_type(where, id_field, value, "a string or an integer")
-    return str(value) if str(value).strip() else stable_id(messages, kind)
+    return str(value) if str(value).strip() else stable_id(messages, kind, weight)
 
 
 # --- field access: missing, empty and wrong-typed values each get their own reason ---------------

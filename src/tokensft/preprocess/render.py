@@ -10,15 +10,24 @@ response text.
     spans  = char ranges of each target message in text
     tokens = tokenizer(text, return_offsets_mapping=True)
     target = token overlaps a span, or is the special token (e.g. <|im_end|>) that closes it
+
+Weights (a `weight` list aligned with input_ids, NaN where not a target) when the dataset is
+weighted: a target token takes example x turn x part weight of the target message it belongs to
+(`preprocess.weights`): the part holding the token's first character inside the span, and for the
+closing special token, the turn's last part. With a prompt weight W != 0 (WIT, arXiv 2507.07817)
+every other token but the first (it has no prefix) becomes a target too: its label is its id,
+its weight W, and `from_prompt` marks it 1, template scaffolding included.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tokensft.core.errors import ConfigError, InputError
 from tokensft.core.schema import IGNORE_INDEX
 from tokensft.preprocess.formats import Example, Message
+from tokensft.preprocess.weights import token_weights
 
 TEMPLATES = ("auto", "chat", "plain")
 PLAIN_SEPARATOR = "\n"  # between turns in the plain render of a conversation
@@ -29,6 +38,8 @@ class Rendered:
     input_ids: list[int]
     labels: list[int]  # aligned with input_ids; IGNORE_INDEX where not trained
     truncated: bool
+    weight: list[float] | None = None  # a weighted render: each target's weight, NaN elsewhere
+    from_prompt: list[int] | None = None  # with a prompt weight: 1 at the prompt tokens made targets
 
 
 def resolve_template(template: str, tokenizer, flag: str = "--template") -> str:
@@ -131,22 +142,24 @@ def _special_ids(tokenizer) -> set[int]:
     return ids
 
 
-def label_tokens(
+def target_tokens(
     input_ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]],
     special_ids: set[int], text: str,
-) -> list[int]:
-    """Labels for one render: a token is a target when its chars overlap a span; the first special
-    token after a span (skipping whitespace-only scaffolding) is the turn's end-of-turn token."""
-    labels = [IGNORE_INDEX] * len(input_ids)
+) -> list[tuple[int, int, int]]:
+    """(position, span index, char) of every target token of one render: a token is a target when
+    its chars overlap a span (char: its first character inside the span); the first special token
+    after a span (skipping whitespace-only scaffolding) is the turn's end-of-turn token (char -1).
+    Position 0 may be listed: `label_tokens` drops it."""
+    out: list[tuple[int, int, int]] = []
     j = 0
-    for span_start, span_end in spans:
+    for s, (span_start, span_end) in enumerate(spans):
         while j < len(input_ids) and offsets[j][1] <= span_start:
             j += 1
         last = -1
         while j < len(input_ids) and offsets[j][0] < span_end:
             start, end = offsets[j]
             if end > start and end > span_start:  # zero-width tokens carry no response text
-                labels[j] = input_ids[j]
+                out.append((j, s, max(start, span_start)))
                 last = j
             j += 1
         if last < 0:
@@ -155,8 +168,21 @@ def label_tokens(
         while k < len(input_ids) and input_ids[k] not in special_ids and not text[offsets[k][0]:offsets[k][1]].strip():
             k += 1
         if k < len(input_ids) and input_ids[k] in special_ids:
-            labels[k] = input_ids[k]
-    # Position 0 has no prefix to be predicted from.
+            out.append((k, s, -1))
+    return out
+
+
+def label_tokens(
+    input_ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]],
+    special_ids: set[int], text: str, targets: list[tuple[int, int, int]] | None = None,
+) -> list[int]:
+    """Labels for one render: the token id at each of `target_tokens` (computed when not given),
+    IGNORE_INDEX elsewhere and at position 0, which has no prefix to be predicted from."""
+    if targets is None:
+        targets = target_tokens(input_ids, offsets, spans, special_ids, text)
+    labels = [IGNORE_INDEX] * len(input_ids)
+    for j, _, _ in targets:
+        labels[j] = input_ids[j]
     if labels:
         labels[0] = IGNORE_INDEX
     return labels
@@ -166,10 +192,13 @@ class Renderer:
     """Turns examples into `Rendered` for one tokenizer and template; holds the per-tokenizer state.
 
     `flag` is the command-line option that chose the template, which errors suggest changing:
-    the scorer's `--template`, a reference's `--ref-template`.
+    the scorer's `--template`, a reference's `--ref-template`. `weighted`: fill `Rendered.weight`
+    (the data's weights; 1 at the targets of an example without any). `prompt_weight` W != 0:
+    make every non-target token but the first a target of weight W (`from_prompt` 1 there).
     """
 
-    def __init__(self, tokenizer, template: str = "auto", max_length: int | None = None, flag: str = "--template"):
+    def __init__(self, tokenizer, template: str = "auto", max_length: int | None = None, flag: str = "--template",
+                 weighted: bool = False, prompt_weight: float = 0.0):
         if not getattr(tokenizer, "is_fast", False):
             raise ConfigError("the tokenizer is not a fast tokenizer; tokensft needs offsets (tokenizer.json)")
         self.tokenizer = tokenizer
@@ -177,6 +206,8 @@ class Renderer:
         self.flag = flag
         self.max_length = max_length
         self.special_ids = _special_ids(tokenizer)
+        self.weighted = weighted or prompt_weight != 0  # write `weight`; a prompt weight implies it
+        self.prompt_weight = prompt_weight
 
     def __call__(self, example: Example, where: str) -> Rendered:
         if example.kind == "text" or self.template == "plain":
@@ -186,9 +217,22 @@ class Renderer:
             text, spans = chat_spans(example, self.tokenizer, where, self.flag)
             add_special = False  # the template already wrote every special token it wants
         enc = self.tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
-        input_ids = list(enc["input_ids"])
-        labels = label_tokens(input_ids, list(enc["offset_mapping"]), spans, self.special_ids, text)
+        input_ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+        targets = target_tokens(input_ids, offsets, spans, self.special_ids, text)
+        labels = label_tokens(input_ids, offsets, spans, self.special_ids, text, targets)
+        weight = from_prompt = None
+        if self.weighted:
+            weight = token_weights(example, spans, text, targets, len(input_ids))
+            weight[:1] = [math.nan] * min(1, len(weight))  # position 0 is never a target
+        if self.prompt_weight != 0:
+            from_prompt = [0] * len(input_ids)
+            for t in range(1, len(input_ids)):
+                if labels[t] == IGNORE_INDEX:
+                    labels[t], weight[t], from_prompt[t] = input_ids[t], self.prompt_weight, 1
         truncated = self.max_length is not None and len(input_ids) > self.max_length
         if truncated:
-            input_ids, labels = input_ids[: self.max_length], labels[: self.max_length]
-        return Rendered(input_ids=input_ids, labels=labels, truncated=truncated)
+            n = self.max_length
+            input_ids, labels = input_ids[:n], labels[:n]
+            weight = weight[:n] if weight is not None else None
+            from_prompt = from_prompt[:n] if from_prompt is not None else None
+        return Rendered(input_ids, labels, truncated, weight, from_prompt)

@@ -9,6 +9,12 @@
         write_shard(k)                             # atomic; a killed run redoes only chunk k
     finish(DIR) when every chunk has its shard     # the last rank to end does it
 
+Weights: a first pass over the input (`validate_rows`, no model) reads every record and finds the
+kinds of weight the data carries (`preprocess.weights`); the dataset is weighted when it carries
+any, or with --prompt-weight, and its shards then have a `weight` column (1 at the targets of a
+row without weights) and, with --prompt-weight, `from_prompt`. Prompt tokens made targets are
+scored like any target: num_targets and mean_logprob include them.
+
 The shards depend only on the input, model, tokenizer and render settings (the run identity),
 never on the number of ranks or on interruptions, so any resumed or multi-rank run yields
 exactly the rows of one clean single-process run.
@@ -26,17 +32,18 @@ from pathlib import Path
 
 from tokensft import __version__
 from tokensft.core.counts import Counts
-from tokensft.core.errors import InputError
+from tokensft.core.errors import ConfigError, InputError
 from tokensft.core.locks import OutputLock, RankLock, rank_locked
 from tokensft.preprocess import output
 from tokensft.preprocess.formats import detect_format, to_example
 from tokensft.core.progress import Progress
-from tokensft.preprocess.readers import SourceRow, count_rows, detect_kind, input_fingerprint, iter_rows
+from tokensft.preprocess.readers import SourceRow, count_rows, detect_kind, display_name, input_fingerprint, iter_rows
 from tokensft.preprocess.render import Renderer
 from tokensft.preprocess.scorer import Scorer
 from tokensft.preprocess.config import ScoreConfig
-from tokensft.preprocess.shards import build_table, scoring_counts, write_shard
-from tokensft.core.schema import SCHEMA_VERSION, STATE_DIR, scored_schema
+from tokensft.preprocess.shards import build_table, scoring_counts, weight_counts, write_shard
+from tokensft.preprocess.weights import WeightRules, weight_sources
+from tokensft.core.schema import SCHEMA_VERSION, STATE_DIR, WEIGHT, scored_schema
 
 
 def _fingerprint(identity: dict) -> str:
@@ -55,12 +62,35 @@ def detect_record_format(config, kind: str) -> str:
     raise InputError(config.input, None, "no parseable record to detect the format from", fix="check the file")
 
 
-def validate_rows(config, kind: str, fmt: str) -> None:
-    """Parse and normalize every row once (no model), raising the first InputError."""
+def validate_rows(config, kind: str, fmt: str, rules: WeightRules | None = None) -> set[str]:
+    """Parse and normalize every row once (no model), raising the first InputError (with
+    config.skip_invalid: ignoring the rows that fail). With `rules`, the weights are read too:
+    returns the kinds of weight the rows carry (example, turn, span; see `weight_sources`)."""
+    sources: set[str] = set()
     for row in iter_rows(config.input, kind=kind):
-        if row.error is not None:
-            raise row.error
-        to_example(row.record, config.format, row.where, fmt)
+        try:
+            if row.error is not None:
+                raise row.error
+            example = to_example(row.record, config.format, row.where, fmt, rules)
+        except InputError:
+            if not config.skip_invalid:
+                raise
+            continue
+        if rules is not None:
+            sources |= weight_sources(example)
+    return sources
+
+
+def weight_settings(config: ScoreConfig, kind: str, fmt: str) -> tuple[WeightRules, set[str]]:
+    """The weight rules of this run and the sources of weight it has (a subset of
+    weights.SOURCES; empty: unweighted), from a pass over every row (which also validates them)."""
+    rules = config.weight_rules(kind)
+    sources = validate_rows(config, kind, fmt, rules)  # seconds, before hours of scoring: fail on row 50,000 now
+    if config.weight_field is not None and "example" not in sources:  # a typo must not train unweighted
+        rows = "valid row" if config.skip_invalid else "row"
+        raise ConfigError(f"--weight-field {config.weight_field}: no {rows} of {display_name(config.input)} has a "
+                          f"{config.weight_field!r} field; check its spelling, or leave the flag out")
+    return rules, sources | ({"prompt"} if config.prompt_weight != 0 else set())
 
 
 def score(config: ScoreConfig) -> dict:
@@ -77,13 +107,14 @@ def score(config: ScoreConfig) -> dict:
     kind = config.input_format or detect_kind(config.input)
     fmt = detect_record_format(config, kind)
     num_rows = count_rows(config.input, kind=kind)
-    if not config.skip_invalid:
-        validate_rows(config, kind, fmt)  # seconds, before hours of scoring: fail on row 50,000 now
+    rules, sources = weight_settings(config, kind, fmt)
+    weighted = bool(sources)
     loaded = load_model(config.model, dtype=config.dtype, device=config.device)
     # Without --max-length, cap at the model's context: past it positions are meaningless (and
     # memory explodes); such examples are truncated, flagged and counted like any other.
     max_length = config.max_length or getattr(loaded.model.config, "max_position_embeddings", None)
-    renderer = Renderer(loaded.tokenizer, config.template, max_length)
+    renderer = Renderer(loaded.tokenizer, config.template, max_length, weighted=weighted,
+                        prompt_weight=config.prompt_weight)
     identity = {
         "schema_version": SCHEMA_VERSION,
         "input_fingerprint": input_fingerprint(config.input),
@@ -98,6 +129,9 @@ def score(config: ScoreConfig) -> dict:
         "shard_size": config.shard_size,
         "skip_invalid": config.skip_invalid,
     }
+    if weighted:  # only then: an unweighted run keeps the identity of runs made before weights existed
+        identity["weights"] = {"field": rules.field, "prompt_weight": config.prompt_weight,
+                               "allow_negative": config.allow_negative_weights}
     metadata = {
         "schema_version": SCHEMA_VERSION,
         "tokensft_version": __version__,
@@ -113,6 +147,9 @@ def score(config: ScoreConfig) -> dict:
         "command": config.command,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if weighted:
+        metadata["weights"] = {"column": WEIGHT, "sources": sorted(sources), "example_field": rules.field,
+                               "prompt_weight": config.prompt_weight, "allow_negative": config.allow_negative_weights}
     num_chunks = -(-num_rows // config.shard_size)
     run = {"identity": identity, "metadata": metadata, "num_chunks": num_chunks, "fingerprint": _fingerprint(identity)}
     directory = Path(config.output)
@@ -128,7 +165,8 @@ def score(config: ScoreConfig) -> dict:
         pending = [k for k in output.missing_chunks(directory, num_chunks) if k % config.world_size == config.rank]
         totals = _score_chunks(config, kind, fmt, renderer, Scorer(
             loaded.model, top_k=config.top_k, batch_tokens=config.batch_tokens, chunk_size=config.chunk_size,
-        ), scored_schema(config.top_k, identity), directory, set(pending), num_rows)
+        ), scored_schema(config.top_k, identity, weighted, prompt_targets=config.prompt_weight != 0), directory,
+            set(pending), num_rows, rules)
     summary = {"status": status, "output": str(directory), "rank": config.rank, "counts": totals}
     with OutputLock(directory):
         if output.is_finished(directory):  # another rank finished it meanwhile
@@ -141,9 +179,9 @@ def score(config: ScoreConfig) -> dict:
     return summary
 
 
-def _score_chunks(config, kind, fmt, renderer, scorer, schema, directory, pending, num_rows) -> dict:
+def _score_chunks(config, kind, fmt, renderer, scorer, schema, directory, pending, num_rows, rules) -> dict:
     """Score every chunk in `pending`, streaming the input once; returns this rank's counts."""
-    totals = scoring_counts()
+    totals = scoring_counts(renderer.weighted)
     rows_todo = sum(min(config.shard_size, num_rows - k * config.shard_size) for k in pending)
     progress = Progress(total_rows=rows_todo, disable=config.quiet)
     chunk_rows: list[SourceRow] = []
@@ -151,29 +189,31 @@ def _score_chunks(config, kind, fmt, renderer, scorer, schema, directory, pendin
     for row in iter_rows(config.input, kind=kind):
         k = row.index // config.shard_size
         if k != current and chunk_rows:
-            totals.merge(_score_chunk(config, fmt, renderer, scorer, schema, directory, current, chunk_rows, progress))
+            totals.merge(_score_chunk(config, fmt, rules, renderer, scorer, schema, directory, current, chunk_rows,
+                                      progress))
             chunk_rows = []
         current = k
         if k in pending:
             chunk_rows.append(row)
     if chunk_rows:
-        totals.merge(_score_chunk(config, fmt, renderer, scorer, schema, directory, current, chunk_rows, progress))
+        totals.merge(_score_chunk(config, fmt, rules, renderer, scorer, schema, directory, current, chunk_rows,
+                                      progress))
     for k in sorted(pending - output.finished_chunks(directory)):
         # the row count promised rows this chunk never got (e.g. a line only of odd whitespace):
         # an empty shard keeps the output finishable, and the counts show what was read
-        _score_chunk(config, fmt, renderer, scorer, schema, directory, k, [], progress)
+        _score_chunk(config, fmt, rules, renderer, scorer, schema, directory, k, [], progress)
     progress.close()
     return totals
 
 
-def _score_chunk(config, fmt, renderer, scorer, schema, directory, chunk, rows, progress) -> dict:
-    stats = scoring_counts().add("read", len(rows))
+def _score_chunk(config, fmt, rules, renderer, scorer, schema, directory, chunk, rows, progress) -> dict:
+    stats = scoring_counts(renderer.weighted).add("read", len(rows))
     examples, rendered = [], []
     for row in rows:
         try:
             if row.error is not None:
                 raise row.error
-            example = to_example(row.record, config.format, row.where, fmt)
+            example = to_example(row.record, config.format, row.where, fmt, rules)
             result = renderer(example, row.where)
             stats.add("truncated", int(result.truncated))  # a row truncated, kept or then skipped below
             if not any(label >= 0 for label in result.labels):
@@ -192,6 +232,8 @@ def _score_chunk(config, fmt, renderer, scorer, schema, directory, chunk, rows, 
     stats["written"] = len(scored)
     stats["tokens"] = sum(len(r.input_ids) for r in rendered)
     stats["targets"] = sum(len(s.target_positions) for s in scored)
+    if renderer.weighted:
+        stats.update(weight_counts(scored))
     write_shard(directory, chunk, table, stats)
     progress.update(rows=len(rows), targets=stats["targets"])
     return stats

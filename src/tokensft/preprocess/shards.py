@@ -5,8 +5,9 @@ Chunk k of the input (rows [k*S, (k+1)*S)) becomes `data-{k:05d}.arrow`, an Arro
 `datasets` writes it. A shard is written under a temporary name, fsynced and renamed, so a shard
 that exists is complete: that is what resume and merge rely on; its record (size, rows, checksum,
 `core.integrity`) tells later whether it still is. Each shard carries its own
-counts (rows read, written, skipped by reason, tokens, targets) in its schema metadata, so the
-finished dataset's counts are the sum over shards with no other bookkeeping to keep in step.
+counts (rows read, written, skipped by reason, tokens, targets; and of a weighted dataset, its
+weights: `weight_counts`) in its schema metadata, so the finished dataset's counts are the sum over
+shards with no other bookkeeping to keep in step.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tokensft.core.counts import Counts
 from tokensft.core.dataset import shard_name
 from tokensft.core.fileio import atomic_write
 from tokensft.core.integrity import write_record
-from tokensft.core.schema import CHUNK_KEY, MESSAGE_TYPE, TOPK_IDS, TOPK_LOGPROBS
+from tokensft.core.schema import CHUNK_KEY, FROM_PROMPT, MESSAGE_TYPE, TOPK_IDS, TOPK_LOGPROBS, WEIGHT
 from tokensft.preprocess.formats import Example
 
 if TYPE_CHECKING:  # scorer imports torch: seconds that enriching masks never needs
@@ -69,6 +70,12 @@ def build_table(examples: Sequence[Example], scored: Sequence[ScoredExample], sc
         "entropy": list_array(lengths, _cat([s.entropy for s in scored], np.float32), pa.float32()),
         "rank": list_array(lengths, _cat([s.rank for s in scored], np.int32), pa.int32()),
     }
+    if WEIGHT in schema.names:  # a weighted render has them: NaN / 0 off the targets
+        columns[WEIGHT] = list_array(lengths, _cat([np.asarray(s.rendered.weight, np.float32) for s in scored],
+                                                   np.float32), pa.float32())
+    if FROM_PROMPT in schema.names:
+        columns[FROM_PROMPT] = list_array(lengths, _cat([np.asarray(s.rendered.from_prompt, np.int8) for s in scored],
+                                                        np.int8), pa.int8())
     if TOPK_IDS in schema.names:
         columns[TOPK_IDS], columns[TOPK_LOGPROBS] = topk_arrays(scored)
     columns["num_tokens"] = pa.array(np.array(lengths, dtype=np.int32))
@@ -109,6 +116,22 @@ def write_shard(directory: Path, chunk: int, table: pa.Table, stats: Mapping) ->
     return final
 
 
-def scoring_counts() -> Counts:
-    """A chunk's counts, every key present even when 0 (summed over shards by `output.finish`)."""
-    return Counts(read=0, written=0, skipped={}, truncated=0, tokens=0, targets=0)
+def scoring_counts(weighted: bool = False) -> Counts:
+    """A chunk's counts, every key present even when 0 (summed over shards by `output.finish`);
+    those of `weight_counts` too for a weighted dataset."""
+    counts = Counts(read=0, written=0, skipped={}, truncated=0, tokens=0, targets=0)
+    return counts.merge(WEIGHT_ZEROS) if weighted else counts
+
+
+WEIGHT_ZEROS = {"weighted_targets": 0, "weight_sum": 0.0, "negative_weights": 0, "prompt_targets": 0}
+
+
+def weight_counts(scored: Sequence[ScoredExample]) -> dict:
+    """The weights of the targets of a weighted render: weighted_targets (those whose weight is not 1),
+    weight_sum (of every target's stored float32 weight), negative_weights, prompt_targets (made
+    targets by --prompt-weight)."""
+    w = _cat([np.asarray(s.rendered.weight, np.float32)[s.target_positions] for s in scored], np.float32)
+    prompt = _cat([np.asarray(s.rendered.from_prompt, np.int64)[s.target_positions] for s in scored
+                   if s.rendered.from_prompt is not None], np.int64)
+    return {"weighted_targets": int((w != 1).sum()), "weight_sum": float(w.sum(dtype=np.float64)),
+            "negative_weights": int((w < 0).sum()), "prompt_targets": int(prompt.sum())}

@@ -30,6 +30,7 @@ from tokensft.reports.sections import (compare_section, continuum_section, enric
                                        overview_section, per_example_frame)
 from tokensft.reports.sweep import sweep_section
 from tokensft.reports.tokens import pick_examples
+from tokensft.reports.weights import weights_section
 
 REPORT_FILES = {"index.html", "summary.json", "examples.parquet"}
 COMPARE_ROWS = 30  # tokens moved and examples changed kept in summary.json (examples.parquet has every example)
@@ -71,7 +72,7 @@ def _build(directory: str, output: Path, compare_with: str | None, model: str | 
     stages.next()
     tokenizer = tokenizer_for(t.meta, model)
     classes = classify_vocab(tokenizer) if tokenizer is not None else None
-    parts = enrichment_parts(t, classes)
+    parts = enrichment_parts(t, classes, tokenizer=tokenizer)
     data = summary(t, classes, parts=parts)
     other = load_targets(compare_with) if compare_with else None
     moved = compare(t, other) if other is not None else None
@@ -104,6 +105,8 @@ def _build(directory: str, output: Path, compare_with: str | None, model: str | 
     sections.append(("position", "Position & class", _position_and_class(data)))
     masks, refs, teacher = parts["masks"], parts["refs"], parts["teacher"]
     sections += enrichment_sections(directory, masks, refs, teacher)
+    if data["weights"] is not None:  # only a dataset that stores weights has the section
+        sections.append(weights_section(data))
     sections.append(examples_section(t, data, tokenizer, examples, seed, _input_ids(t, examples, seed)))
     if moved is not None:
         sections.append(compare_section(moved, directory, compare_with, token_strings(tokenizer, moved["tokens_moved"]["token_id"][:30])))

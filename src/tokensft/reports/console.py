@@ -24,11 +24,19 @@ def score_lines(summary: dict) -> list[str]:
             f"{by_reason}, truncated {counts['truncated']:,}; "
             f"tokens {counts['tokens']:,}, targets {counts['targets']:,}"
         )
+    weights = summary.get("metadata", {}).get("weights")
+    if weights and "weight_sum" in counts:
+        prompt = f", {counts.get('prompt_targets', 0):,} prompt tokens at --prompt-weight {weights['prompt_weight']:g}" \
+            if weights.get("prompt_weight") else ""
+        mean = counts["weight_sum"] / counts["targets"] if counts["targets"] else float("nan")
+        lines.append(f"  weights from {', '.join(weights['sources'])}: column weight, mean {mean:.4g} over the targets, "
+                     f"{counts.get('weighted_targets', 0):,} targets weighted other than 1, "
+                     f"{counts.get('negative_weights', 0):,} negative{prompt}")
     return lines
 
 
 def enrich_lines(summary: dict) -> list[str]:
-    """What `tokensft enrich` (or `score --mask/--ref/--teacher`) prints when it ends."""
+    """What `tokensft enrich` (or `score --mask/--weight/--ref/--teacher`) prints when it ends."""
     if summary["status"] == "rank-done":
         return [f"rank {summary['rank']} done; the last rank to end writes {summary['output']}"]
     word = {"already-enriched": "already holds every requested column", "already-finished": "already complete"}
@@ -37,6 +45,9 @@ def enrich_lines(summary: dict) -> list[str]:
     for column, m in enrichment.get("masks", {}).items():
         kept = "n/a" if m["kept_fraction"] is None else f"{m['kept_fraction']:.1%}"
         lines.append(f"  {column}: {m['spec']} keeps {kept} of {m['targets']:,} targets")
+    for column, w in enrichment.get("weights", {}).items():
+        stats = ", ".join(f"{k} {'n/a' if w[k] is None else format(w[k], '.4g')}" for k in ("mean", "min", "max"))
+        lines.append(f"  {column}: {w['spec']} {stats} over {w['targets']:,} targets")
     for name, r in enrichment.get("refs", {}).items():
         failed = sum(r.get("counts", {}).get("failed", {}).values())
         lines.append(f"  ref {name}: {r['model']['name']} ({r['template']} template), "
@@ -64,6 +75,11 @@ def report_lines(done: dict, compare_with: str | None) -> list[str]:
     if c["mean_p"] is not None:
         lines.append(f"  mean target p {c['mean_p']:.3f} (median {c['median_p']:.3f}, {c['frac_below_0_1']:.1%} below "
                      f"0.1): {r['regime']}; consider {', '.join(r['objectives'])}")
+    weights = (s.get("weights") or {}).get("distribution") or []
+    if weights:
+        lines.append("  weights: " + "; ".join(
+            f"{w['column']} mean {w['mean']:.3g}, {w['effective_tokens']:,.0f} effective of {w['targets']:,} targets"
+            if w["targets"] else f"{w['column']} (no targets)" for w in weights))
     m = s.get("compare")
     if m and m["mean_p_a"] is not None:
         lines.append(f"  compared with {compare_with} on {m['examples']:,} shared examples: "

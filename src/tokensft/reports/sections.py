@@ -147,13 +147,16 @@ def compare_section(moved: dict, a: str, b: str, token_pieces: list[str]) -> Sec
 
 def per_example_frame(t: Targets, masks: dict, refs: dict | None, teacher: dict | None, moved: dict | None) -> pd.DataFrame:
     """examples.parquet: one row per example -- the analysis frame plus each mask's kept fraction,
-    PoFT delta / weight, teacher KL / agreement and, with --compare, the change in mean p."""
+    each stored weight's mean over the example's targets (<column>_mean), PoFT delta / weight,
+    teacher KL / agreement and, with --compare, the change in mean p."""
     frame = t.examples.rename_axis("row").reset_index()
     counts = np.bincount(t.example, minlength=t.num_examples).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         for name, kept in sorted(t.masks.items()):
             frame[f"{name}_kept_fraction"] = np.bincount(t.example, weights=kept.astype(np.float64),
                                                          minlength=t.num_examples) / counts
+        for column in t.weight_columns:
+            frame[f"{column}_mean"] = np.bincount(t.example, weights=t.weights[column], minlength=t.num_examples) / counts
     if refs is not None:
         frame = frame.merge(refs["examples"][["row", "delta", "poft_weight"]], on="row", how="left")
     if teacher is not None:

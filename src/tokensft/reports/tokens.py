@@ -1,7 +1,8 @@
 """Examples rendered token by token: each target coloured by its probability, with a tooltip.
 
 The tooltip (CSS only, from the span's `data-tip`) gives the token, p, log p, rank, entropy,
-the stored masks that keep it, the teacher's p and the scorer's top alternatives when stored.
+the stored masks that keep it, its stored weights (and whether --prompt-weight made it a target),
+the teacher's p and the scorer's top alternatives when stored.
 The prompt is shown as grey context (its last CONTEXT_CHARS characters).
 """
 
@@ -50,6 +51,10 @@ def _tip(piece: str, i: int, t: Targets, tokenizer) -> str:
              f"rank {int(t.rank[i])}  entropy {float(t.entropy[i]):.3f}"]
     if t.masks:
         lines.append("masks: " + "  ".join(f"{name[5:]} {'kept' if kept[i] else 'dropped'}" for name, kept in sorted(t.masks.items())))
+    if t.weights:
+        lines.append("weights: " + "  ".join(f"{column} {t.weights[column][i]:.4g}" for column in t.weight_columns))
+    if t.from_prompt is not None and t.from_prompt[i]:
+        lines.append("a prompt token, a target by --prompt-weight")
     if t.teacher_logprob is not None and np.isfinite(t.teacher_logprob[i]):
         lines.append(f"teacher p = {math.exp(t.teacher_logprob[i]):.4f}")
     if t.topk_ids is not None and t.topk_ids.shape[1]:

@@ -5,7 +5,9 @@
     chunked      per-target terms from the lm_head in checkpointed chunks (never [B, T, V] logits)
     loss         one micro-batch's loss, normalized over the whole optimizer step
     data         checks, split, order, padded micro-batches; config: TrainConfig
-    loop         `tokensft train`, on accelerate; checkpoints, progress; output: what OUTPUT may be, its lock
+    weighting    the --weight column: which, checked (finite, non-negative), its tensor
+    loop         `tokensft train`, on accelerate; step: one step's batches, counts, metrics, evaluation;
+                 checkpoints, progress; output: what OUTPUT may be, its lock
     interop      the same loss inside transformers.Trainer or TRL's SFTTrainer
 
 It reads the dataset through `tokensft.core` and never imports `tokensft.preprocess`.

@@ -47,8 +47,9 @@ def run_identity(config, normalize: str, global_batch: int, total: int, data) ->
     meta = data.meta
     return {**{name: getattr(config, name) for name in IDENTITY_FIELDS}, "normalize": normalize,
             "global_batch": global_batch, "total_steps": total,
+            **({"weight": data.columns.weight} if data.columns.weight else {}),  # the column: prob^1 == weight_prob_pow_1
             "data": {"input": meta.get("input", {}).get("fingerprint"), "scorer": meta.get("model", {}).get("content_hash"),
-                     "columns": {k: v for k, v in vars(data.columns).items() if v}}}
+                     "columns": {k: v for k, v in vars(data.columns).items() if v and k != "weight"}}}
 
 
 def differences(saved: dict, identity: dict) -> str:

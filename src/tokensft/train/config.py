@@ -32,6 +32,8 @@ class TrainConfig:
     model: str = "smollm2-135m-instruct"
     objective: str = "nll"
     mask: str | None = None
+    weight: str | None = None  # a stored weight column (weight, weight_<name>) or the enrich spec that made it
+    allow_negative_weights: bool = False
     ref: str | None = None
     normalize: str | None = None  # None: the objective's own default
     learning_rate: float = 5e-5
@@ -60,9 +62,17 @@ class TrainConfig:
         objective = parse_objective(self.objective)
         if self.normalize is not None and self.normalize not in NORMALIZE:
             raise ConfigError(f"--normalize {self.normalize!r}: use one of {', '.join(NORMALIZE)}")
+        if self.weight is not None:
+            from tokensft.core.weights import weight_column_for  # numpy: not on the CLI's import path
+
+            weight_column_for(self.weight)  # a ConfigError naming --weight for a bad spec
+        elif self.normalize == "weight-sum" or self.allow_negative_weights:
+            flag = "--normalize weight-sum" if self.normalize == "weight-sum" else "--allow-negative-weights"
+            raise ConfigError(f"{flag} applies with --weight only: give --weight NAME (a stored weight column or spec)")
         if objective.name == "poft":
-            if self.normalize not in (None, "sequences"):
-                raise ConfigError("--objective poft is per sequence: --normalize sequences (the default)")
+            if self.normalize not in (None, "sequences", "weight-sum"):
+                raise ConfigError("--objective poft is per sequence: --normalize sequences (the default) or, with "
+                                  "--weight, weight-sum")
             if self.mask:  # s and s_ref are means over all response tokens; a mask would compare unlike means
                 raise ConfigError("--mask does not apply to --objective poft: PoFT compares the mean log-prob of every "
                                   "response token with the reference's over the same tokens")

@@ -1,6 +1,6 @@
 """Training data from a scored (and enriched) dataset: checks, split, order, padded micro-batches.
 
-    data = TrainData.open(DIR, objective, mask, ref)   # checks the columns the objective needs
+    data = TrainData(DIR, objective, mask, ref, weight=W)  # checks the columns the objective needs
     data.train_indices / data.eval_indices             # held-out split by a hash of the id
     data.step_indices(step, global_batch, seed, budget)  # the examples of one optimizer step
     batch = data.collate(indices, pad_id)              # tensors, padded to the longest
@@ -25,6 +25,7 @@ from tokensft.core.masks import parse_mask
 from tokensft.core.dataset import load, load_metadata
 from tokensft.core.schema import IGNORE_INDEX, PRIOR_COLUMNS, ref_column
 from tokensft.train.objectives import Objective
+from tokensft.train.weighting import NEGATIVE_FIX, check_weights, weight_column, weight_tensor
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Columns:
     prior_ids: str | None = None  # PRIOR_COLUMNS[prior][0]: topk_ids | teacher_topk_ids
     prior_logprobs: str | None = None  # PRIOR_COLUMNS[prior][1]
     ref: str | None = None  # ref_column(name): ref_mean_logprob | ref_<name>_mean_logprob
+    weight: str | None = None  # weight | weight_<name>: each target's loss weight
 
 
 def _missing_prior(directory: str, prior: str) -> str:
@@ -44,9 +46,12 @@ def _missing_prior(directory: str, prior: str) -> str:
             f"`tokensft enrich {directory} --teacher MODEL --top-k 20`")
 
 
-def needed_columns(directory: str, objective: Objective, mask: str | None, ref: str | None, names: set[str]) -> Columns:
-    """The extra columns an objective needs, or a ConfigError naming the command that adds them."""
+def needed_columns(directory: str, objective: Objective, mask: str | None, ref: str | None, names: set[str],
+                   weight: str | None = None, meta: dict | None = None) -> Columns:
+    """The extra columns an objective (and --mask, --weight) needs, or a ConfigError naming the command that adds them."""
     cols = Columns()
+    if weight:
+        cols.weight = weight_column(directory, weight, names, meta or {})
     if mask:
         cols.mask = parse_mask(mask).column
         if cols.mask not in names:
@@ -72,12 +77,13 @@ def _in_eval(example_id: str, fraction: float) -> bool:
 
 class TrainData:
     def __init__(self, directory: str, objective: Objective, mask: str | None = None, ref: str | None = None,
-                 eval_fraction: float = 0.0, skip_invalid: bool = False):
+                 eval_fraction: float = 0.0, skip_invalid: bool = False, weight: str | None = None,
+                 allow_negative_weights: bool = False):
         self.directory = directory
         self.meta = load_metadata(directory)
         self.dataset = load(directory)
         self.table: pa.Table = self.dataset.data.table
-        self.columns = needed_columns(directory, objective, mask, ref, set(self.table.column_names))
+        self.columns = needed_columns(directory, objective, mask, ref, set(self.table.column_names), weight, self.meta)
         ids = self.table.column("id").to_pylist()
         self.ids = ids
         usable = np.ones(len(ids), dtype=bool)
@@ -98,6 +104,10 @@ class TrainData:
             raise ConfigError(f"{directory}: no examples left to train on ({len(self.eval_indices)} held out by "
                               f"--eval-fraction {eval_fraction}, {self.skipped} skipped); lower --eval-fraction")
         self._check_targets(mask, eval_fraction)
+        if self.columns.weight:
+            check_weights(directory, self.table, self.columns.weight, ids,
+                          np.concatenate([self.train_indices, self.eval_indices]), self.train_indices, self.columns.mask,
+                          None if allow_negative_weights else NEGATIVE_FIX)
 
     def _check_targets(self, mask: str | None, eval_fraction: float) -> None:
         """A ConfigError when the train split has no supervised target, or none the stored --mask keeps:
@@ -156,7 +166,8 @@ def collate_rows(rows: pa.Table, columns: Columns, pad_id: int) -> dict:
     """Tensors for a micro-batch, right-padded to its longest example (labels -100 at padding).
 
     input_ids, labels, attention_mask (B, T) long; ids: the example ids; with the columns the
-    objective needs: mask (B, T) int8, prior_ids / prior_logprobs (B, T, K), ref_logprob (B,).
+    objective needs: mask (B, T) int8, prior_ids / prior_logprobs (B, T, K), ref_logprob (B,), weight (B, T)
+    float32 (0 at non-targets and padding).
     """
     input_ids = rows.column("input_ids").to_pylist()
     labels = rows.column("labels").to_pylist()
@@ -179,6 +190,8 @@ def collate_rows(rows: pa.Table, columns: Columns, pad_id: int) -> dict:
     if columns.prior_ids:
         batch["prior_ids"], batch["prior_logprobs"] = _sparse_prior(
             rows.column(columns.prior_ids), rows.column(columns.prior_logprobs), width)
+    if columns.weight:
+        batch["weight"] = weight_tensor(rows.column(columns.weight), width)
     if columns.ref:
         batch["ref_logprob"] = torch.tensor(rows.column(columns.ref).to_numpy(zero_copy_only=False), dtype=torch.float32)
     return batch

@@ -2,11 +2,11 @@
 
 Two ways in, by what the objective needs:
 
-    data = trainer_dataset("scored/", objective="nll", mask="prob>=0.1")  # datasets.Dataset
+    data = trainer_dataset("scored/", objective="nll", mask="prob>=0.1", weight="prob^1")  # datasets.Dataset
     collator = TokenSFTCollator(tokenizer.pad_token_id)                   # keeps the extra columns
 
 1. `TokenSFTTrainer` (or `TokenSFTMixin` in front of any Trainer subclass, TRL's SFTTrainer
-   included) runs every objective, stored masks, PoFT references and sparse priors, with the
+   included) runs every objective, stored masks and weights, PoFT references and sparse priors, with the
    memory-lean chunked loss (never [B, T, V] logits) and the normalization of `tokensft train`,
    counted over the whole gradient-accumulation window and every process:
 
@@ -19,7 +19,7 @@ Two ways in, by what the objective needs:
    the objectives that need nothing stored (nll, p, power, dft, threshold-*, profit, qtarget with
    prior self or uniform). It sees only the model's outputs and the labels, so it works on the full
    logits the model made and divides by the Trainer's `num_items_in_batch` (all supervised
-   targets of the step, TRL's normalization).
+   targets of the step, TRL's normalization). It takes no weights: use the mixin for --weight.
 
 Why the extra columns travel in one `tokensft` entry of the batch: Trainer passes every batch key
 to `model(**inputs)`, and TRL's collator drops columns it does not know; the mixin pops the entry
@@ -40,11 +40,12 @@ from tokensft.train.data import Columns, collate_rows, needed_columns
 from tokensft.train.loss import Denominator, count_batch, micro_batch_loss
 from tokensft.train.losses import token_loss
 from tokensft.train.objectives import Objective, parse_objective
+from tokensft.train.weighting import check_weights
 
 EXTRA = "tokensft"  # the batch entry carrying mask / prior / reference tensors and the example ids
 # dataset column -> collate_rows' Columns field, for the renamed columns of trainer_dataset
 RENAMED = {"tokensft_mask": "mask", "tokensft_prior_ids": "prior_ids", "tokensft_prior_logprobs": "prior_logprobs",
-           "tokensft_ref_logprob": "ref"}
+           "tokensft_ref_logprob": "ref", "tokensft_weight": "weight"}
 STAT_NAMES = ("p_sum", "targets", "kept", "poft_weight_sum", "poft_sequences")
 
 
@@ -53,13 +54,16 @@ def _objective(objective: str | Objective) -> Objective:
 
 
 def trainer_dataset(directory: str, objective: str | Objective = "nll", mask: str | None = None,
-                    ref: str | None = None, tokenizer=None):
+                    ref: str | None = None, tokenizer=None, weight: str | None = None,
+                    allow_negative_weights: bool = False):
     """The scored dataset as a `datasets.Dataset` holding only what training reads.
 
-    Columns: id, input_ids, labels and, when the objective or `mask` needs them, tokensft_mask,
-    tokensft_prior_ids / tokensft_prior_logprobs (qtarget prior=teacher|scorer) and
-    tokensft_ref_logprob (poft). A missing column is a ConfigError naming the enrich command;
-    with `tokenizer`, its token fingerprint must equal the dataset's.
+    Columns: id, input_ids, labels and, when the objective, `mask` or `weight` needs them,
+    tokensft_mask, tokensft_prior_ids / tokensft_prior_logprobs (qtarget prior=teacher|scorer),
+    tokensft_ref_logprob (poft) and tokensft_weight (`weight`: a stored weight column or its
+    spec, as `tokensft train --weight`; checked finite at every target, and non-negative unless
+    allow_negative_weights). A missing column is a ConfigError naming the enrich command; with
+    `tokenizer`, its token fingerprint must equal the dataset's.
     """
     from tokensft.core.models import tokenizer_fingerprint
 
@@ -68,7 +72,7 @@ def trainer_dataset(directory: str, objective: str | Objective = "nll", mask: st
     if tokenizer is not None and tokenizer_fingerprint(tokenizer, chat_template=False) != meta.get("token_fingerprint"):
         raise ConfigError(f"{directory}: the tokenizer differs from the one the dataset was scored with "
                           "(token fingerprints differ); train a model that shares the scorer's tokenizer")
-    cols = needed_columns(directory, _objective(objective), mask, ref, set(dataset.column_names))
+    cols = needed_columns(directory, _objective(objective), mask, ref, set(dataset.column_names), weight, meta)
     keep = {"id": "id", "input_ids": "input_ids", "labels": "labels"}
     for new, field in RENAMED.items():
         if getattr(cols, field):
@@ -78,13 +82,17 @@ def trainer_dataset(directory: str, objective: str | Objective = "nll", mask: st
         if missing:
             raise ConfigError(f"{directory}: {missing} examples have no {cols.ref} (NaN); re-enrich them, or filter "
                               "them out of the returned dataset before training")
+    if cols.weight:
+        table, every = dataset.data.table, np.arange(len(dataset))
+        check_weights(directory, table, cols.weight, table.column("id").to_pylist(), every, every, cols.mask,
+                      None if allow_negative_weights else "pass allow_negative_weights=True to train away from them")
     return dataset.select_columns(list(keep)).rename_columns({k: v for k, v in keep.items() if k != v})
 
 
 class TokenSFTCollator:
     """Pads rows of `trainer_dataset` into a batch: input_ids, attention_mask, labels (B, T) and,
     when the rows carry extra columns, `tokensft`: {ids, mask (B, T), prior_ids / prior_logprobs
-    (B, T, K), ref_logprob (B,)} -- the keys `micro_batch_loss` reads."""
+    (B, T, K), ref_logprob (B,), weight (B, T)} -- the keys `micro_batch_loss` reads."""
 
     def __init__(self, pad_id: int | None):
         self.pad_id = 0 if pad_id is None else pad_id
@@ -95,7 +103,8 @@ class TokenSFTCollator:
         fields = [pa.field("id", pa.string()), pa.field("input_ids", pa.list_(pa.int32())),
                   pa.field("labels", pa.list_(pa.int32()))]
         types = {"tokensft_mask": pa.list_(pa.int8()), "tokensft_prior_ids": TOPK_IDS_TYPE,
-                 "tokensft_prior_logprobs": pa.list_(pa.list_(pa.float32())), "tokensft_ref_logprob": pa.float32()}
+                 "tokensft_prior_logprobs": pa.list_(pa.list_(pa.float32())), "tokensft_ref_logprob": pa.float32(),
+                 "tokensft_weight": pa.list_(pa.float32())}
         fields += [pa.field(name, kind) for name, kind in types.items() if name in names]
         rows = pa.Table.from_pylist([{f.name: row.get(f.name) for f in fields} for row in features],
                                     schema=pa.schema(fields))
@@ -112,7 +121,8 @@ class TokenSFTLoss:
     outputs.logits (B, T, V) predict labels (B, T) shifted by one, as transformers does. The sum of
     the per-target losses is divided by num_items_in_batch (the Trainer's count of supervised
     targets over the accumulation window and, by default, all processes), or by this batch's
-    count when it is None (evaluation).
+    count when it is None (evaluation). It takes no weights (compute_loss_func sees only the outputs
+    and the labels): for weighted training use TokenSFTMixin with trainer_dataset(..., weight=NAME).
     """
 
     def __init__(self, objective: str | Objective, normalize: str | None = None, chunk_size: int = 256):
@@ -145,10 +155,12 @@ def _float_logits(logits: torch.Tensor) -> torch.Tensor:
 class TokenSFTMixin:
     """Put in front of `transformers.Trainer` or a subclass (TRL's SFTTrainer): tokensft's loss.
 
-    Keyword arguments: objective (spec or Objective), normalize (default: the objective's own),
-    chunk_size. The batch comes from TokenSFTCollator; the rest is the Trainer's (optimizer,
-    schedule, checkpoints, logging). The logged `loss` is the normalized step loss; `mean_p` and
-    `kept_fraction` (and `poft_weight`) are added to each training log, from this process's batches.
+    Keyword arguments: objective (spec or Objective), normalize (default: the objective's own;
+    "weight-sum" with a weighted dataset), chunk_size. Weights (trainer_dataset(..., weight=NAME))
+    multiply each target's loss as in `tokensft train --weight`. The batch comes from
+    TokenSFTCollator; the rest is the Trainer's (optimizer, schedule, checkpoints, logging). The
+    logged `loss` is the normalized step loss; `mean_p` and `kept_fraction` (and `poft_weight`) are
+    added to each training log, from this process's batches.
     """
 
     loss_is_scaled_for_ga = True  # micro_batch_loss already divides by the whole step's count
@@ -170,25 +182,29 @@ class TokenSFTMixin:
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """The step's micro-batches, with the step's Denominator in place of num_items_in_batch."""
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-        counts = torch.zeros(3, dtype=torch.float64)
+        counts = torch.zeros(4, dtype=torch.float64)
         for batch in batch_samples:
-            c = count_batch({"labels": batch["labels"], **batch.get(EXTRA, {})})
-            counts += torch.tensor([c["targets"], c["sequences"], c["kept"]], dtype=torch.float64)
+            c = count_batch({"labels": batch["labels"], **batch.get(EXTRA, {})}, self.tokensft_objective.sequence_level)
+            counts += torch.tensor([c["targets"], c["sequences"], c["kept"], c["weight_sum"]], dtype=torch.float64)
         world = self.accelerator.num_processes
         if world > 1:
             counts = self.accelerator.reduce(counts.to(self.accelerator.device), reduction="sum").cpu()
         kept = None if self.tokensft_objective.online_kept else float(counts[2])
-        return batch_samples, Denominator(float(counts[0]), float(counts[1]), kept, len(batch_samples), world)
+        return batch_samples, Denominator(float(counts[0]), float(counts[1]), kept, len(batch_samples), world,
+                                          weight_sum=float(counts[3]))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         extras = inputs.pop(EXTRA, {})
         batch = {"input_ids": inputs["input_ids"], "attention_mask": inputs.get("attention_mask"),
                  "labels": inputs["labels"], **extras}
+        if self.tokensft_normalize == "weight-sum" and "weight" not in batch:
+            raise ConfigError("TokenSFTMixin: normalize='weight-sum' needs weights in the batch; build the dataset with "
+                              "trainer_dataset(..., weight=NAME)")
         denominator = num_items_in_batch
         if not isinstance(denominator, Denominator):  # evaluation (or a caller of its own): this batch alone
-            c = count_batch(batch)
+            c = count_batch(batch, self.tokensft_objective.sequence_level)
             kept = None if self.tokensft_objective.online_kept else c["kept"]
-            denominator = Denominator(c["targets"], c["sequences"], kept, 1, 1)
+            denominator = Denominator(c["targets"], c["sequences"], kept, 1, 1, weight_sum=c["weight_sum"])
         # the forward goes through the (possibly DDP-wrapped) model, so gradient sync works; it
         # returns the final hidden states and logits for one position only (logits_to_keep=1)
         outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],

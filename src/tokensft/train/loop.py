@@ -11,7 +11,7 @@
         indices = data.step_indices(step)            # the global batch of this step
         mine    = indices[rank::world]               # this process's share, in micro-batches
         denominator = counts over all micro-batches, summed over processes
-        for each micro-batch: loss = objective(...) / denominator; backward (grads synced on the last)
+        for each micro-batch: loss = weight * objective(...) / denominator; backward (grads synced on the last)
         online kept count (thresholds, kept-targets): gradients / the step's global kept count
         clip, optimizer step, scheduler step; log metrics (a step that kept no target: flagged, warned);
         maybe evaluate; maybe checkpoint
@@ -33,21 +33,20 @@ from pathlib import Path
 
 import torch
 
-from tokensft.core.errors import ConfigError, TokensftError
+from tokensft.core.errors import ConfigError
 from tokensft.core.fileio import atomic_write
-from tokensft.core.schema import IGNORE_INDEX
 from tokensft.train import checkpoints
 from tokensft.train.config import TrainConfig
 from tokensft.train.data import TrainData
-from tokensft.train.loss import Denominator, count_batch, micro_batch_loss
+from tokensft.train.loss import Denominator, micro_batch_loss
 from tokensft.train.objectives import parse_objective
 from tokensft.train.output import check_output, locked
+from tokensft.train.step import STAT_KEYS, TrainingDiverged, check_finite, denominator, evaluate, micro_batches
+from tokensft.train.step import stack_stats, step_counts
+from tokensft.train.step import step_metrics as _metrics  # by this name: tests stop a run at its n-th step
 
 logger = logging.getLogger(__name__)
-
-
-class TrainingDiverged(TokensftError):
-    """A non-finite loss or gradient: training stopped, the last good checkpoint kept."""
+__all__ = ["TrainingDiverged", "train"]
 
 
 def _precision(dtype: str, use_cuda: bool) -> str:
@@ -93,7 +92,8 @@ def train(config: TrainConfig) -> dict:
     hf_logging.disable_progress_bar()
     objective = parse_objective(config.objective)
     normalize = config.normalize or objective.default_normalize
-    data = TrainData(config.data, objective, config.mask, config.ref, config.eval_fraction, config.skip_invalid)
+    data = TrainData(config.data, objective, config.mask, config.ref, config.eval_fraction, config.skip_invalid,
+                     config.weight, config.allow_negative_weights)
     path, name = resolve_model_dir(config.model)
     tokenizer = load_tokenizer(path)
     if tokenizer_fingerprint(tokenizer, chat_template=False) != data.meta.get("token_fingerprint"):
@@ -148,17 +148,17 @@ def train(config: TrainConfig) -> dict:
         for step in range(start, total):
             began = time.perf_counter()
             drawn = data.step_indices(step, global_batch, config.seed, budget)
-            batches = _micro_batches(data, drawn, accelerator.process_index, world, config.batch_size, pad_id)
-            counts = accelerator.reduce(_counts(batches).to(accelerator.device), reduction="sum").tolist()
-            denominator = Denominator(counts[0], counts[1], None if objective.online_kept else counts[2], len(batches),
-                                      world, rescale)
+            batches = micro_batches(data, drawn, accelerator.process_index, world, config.batch_size, pad_id)
+            counts = accelerator.reduce(step_counts(batches, objective.sequence_level).to(accelerator.device),
+                                        reduction="sum").tolist()  # targets, sequences, kept, weight sum
+            step_denominator = denominator(counts, objective.online_kept, len(batches), world, rescale)
             sums, losses = {}, []
             module.train()
             for i, batch in enumerate(batches):
                 batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
                 sync = i == len(batches) - 1
                 with accelerator.no_sync(module) if not sync else nullcontext():  # sync grads once per step
-                    loss, stats = module(batch, denominator)
+                    loss, stats = module(batch, step_denominator)
                     accelerator.backward(loss)
                 losses.append(loss.detach())
                 stats["loss"] = loss.detach() / world  # undo the * world_size that offsets DDP's gradient averaging
@@ -173,31 +173,33 @@ def train(config: TrainConfig) -> dict:
                         p.grad.div_(kept_total.to(p.grad.dtype))
             # --clip 0: no clipping, but the norm is still logged (and checked)
             grad_norm = accelerator.clip_grad_norm_(module.parameters(), config.clip if config.clip > 0 else float("inf"))
-            _check_finite(step, losses, torch.as_tensor(grad_norm, device=accelerator.device), batches, output)
+            check_finite(step, losses, torch.as_tensor(grad_norm, device=accelerator.device), batches, output)
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            totals = dict(zip(STAT_KEYS, accelerator.reduce(_stack(sums, accelerator.device), reduction="sum").tolist()))
+            totals = dict(zip(STAT_KEYS, accelerator.reduce(stack_stats(sums, accelerator.device), reduction="sum").tolist()))
             totals["loss"] /= float(kept_total)
-            last = _metrics(step + 1, total, totals, lr, float(grad_norm), time.perf_counter() - began, counts[0])
+            last = _metrics(step + 1, total, totals, lr, float(grad_norm), time.perf_counter() - began, counts,
+                            weighted=config.weight is not None)
             if totals["kept"] == 0:  # the step trained nothing (an online threshold kept no target): counted, not silent
                 log.zero_kept += 1
                 last.update(zero_kept=True, zero_kept_steps=log.zero_kept)
                 log.warning(f"step {step + 1} of {total}: no target kept ({config.objective} kept none of the step's "
                             f"{counts[0]:.0f} targets; {log.zero_kept} such step{'s' * (log.zero_kept > 1)} so far)")
             if config.eval_every and (step + 1) % config.eval_every == 0 and len(data.eval_indices):
-                last.update(evaluate(module, data, config, accelerator, pad_id))
+                last.update(evaluate(module, data, config.batch_size, accelerator, pad_id))
             log.write(last)
             if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < total:
                 checkpoints.save_checkpoint(accelerator, module, tokenizer, output, step + 1, identity,
                                             config.keep_checkpoints)
         if len(data.eval_indices) and "eval_loss" not in last:
-            last.update(evaluate(module, data, config, accelerator, pad_id))
+            last.update(evaluate(module, data, config.batch_size, accelerator, pad_id))
             log.write({"step": total, **{k: v for k, v in last.items() if k.startswith("eval_")}})
         log.close()
         checkpoints.save_final(accelerator, module, tokenizer, output, {
-            "base_model": name, "data": config.data, "objective": config.objective, "mask": config.mask, "ref": config.ref,
+            "base_model": name, "data": config.data, "objective": config.objective, "mask": config.mask, "weight": data.columns.weight,
+            "ref": config.ref,
             "train_examples": int(len(data.train_indices)), "eval_examples": int(len(data.eval_indices)),
             "skipped_examples": data.skipped}, identity)
         # destroy the process group (several processes): left to the interpreter's exit, gloo's threads
@@ -205,76 +207,3 @@ def train(config: TrainConfig) -> dict:
         accelerator.end_training()
         return {"output": str(output), "steps": total, "metrics": last, "normalize": normalize,
                 "zero_kept_steps": log.zero_kept}
-
-
-def _micro_batches(data: TrainData, drawn, rank: int, world: int, batch_size: int, pad_id: int) -> list[dict]:
-    """This process's micro-batches of the step's examples `drawn`. Every process gets the same number
-    (a short last step pads with micro-batches without targets): under DDP, FSDP or DeepSpeed each
-    forward and backward is a collective, and a process with one fewer would hang the others."""
-    mine = drawn[rank::world]
-    batches = [data.collate(mine[i:i + batch_size], pad_id) for i in range(0, len(mine), batch_size)]
-    per_process = math.ceil(math.ceil(len(drawn) / world) / batch_size)
-    while len(batches) < per_process:
-        filler = data.collate(drawn[:1], pad_id)
-        filler["labels"].fill_(IGNORE_INDEX)  # no targets: counts nothing, adds a zero gradient
-        batches.append(filler)
-    return batches
-
-
-def _check_finite(step: int, losses: list[torch.Tensor], grad_norm: torch.Tensor, batches: list[dict], output: Path) -> None:
-    """Stop before the weights move on a non-finite loss or gradient (one device sync per step)."""
-    finite = torch.isfinite(torch.cat([torch.stack(losses).float().reshape(-1), grad_norm.float().reshape(1)]))
-    if finite.all():
-        return
-    bad = int((~finite).nonzero()[0])
-    if bad < len(losses):
-        what, ids = f"non-finite loss ({losses[bad].item()})", batches[bad]["ids"]
-    else:
-        what, ids = f"non-finite gradient norm ({grad_norm.item()}) from a finite loss", [i for b in batches for i in b["ids"]]
-    raise TrainingDiverged(f"step {step + 1}: {what} on examples {', '.join(ids[:5])}; the last good checkpoint is kept "
-                           f"in {output}")
-
-
-STAT_KEYS = ("loss", "loss_sum", "nll_sum", "p_sum", "targets", "kept", "poft_weight_sum", "poft_sequences")
-
-
-def _stack(sums: dict, device) -> torch.Tensor:
-    """(len(STAT_KEYS),) float32 on `device`: the step's metric sums (floats or 0-dim tensors)."""
-    return torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float32, device=device).reshape(()) for k in STAT_KEYS])
-
-
-def _metrics(step, total, s, lr, grad_norm, seconds, targets) -> dict:
-    out = {"step": step, "total_steps": total, "loss": s["loss"], "lr": lr, "grad_norm": grad_norm,
-           "targets_per_s": targets / seconds, "mean_p": s["p_sum"] / max(s["targets"], 1),
-           "kept_fraction": s["kept"] / max(s["targets"], 1)}
-    if s["poft_sequences"]:
-        out["poft_weight_mean"] = s["poft_weight_sum"] / s["poft_sequences"]
-    return out
-
-
-def _counts(batches: list[dict]) -> torch.Tensor:
-    """(3,) targets, sequences and kept targets of these micro-batches (before any forward)."""
-    return torch.tensor([[c["targets"], c["sequences"], c["kept"]] for c in map(count_batch, batches)]).sum(0)
-
-
-@torch.no_grad()
-def evaluate(module, data: TrainData, config: TrainConfig, accelerator, pad_id: int) -> dict:
-    """Objective loss, NLL and mean target p on the held-out split, through the prepared module, in
-    the same number of micro-batches on every process (see _micro_batches)."""
-    module.eval()
-    inner = accelerator.unwrap_model(module)  # the ObjectiveModule: its objective and normalize
-    batches = _micro_batches(data, data.eval_indices, accelerator.process_index, accelerator.num_processes,
-                             config.batch_size, pad_id)
-    counts = accelerator.reduce(_counts(batches).to(accelerator.device), reduction="sum").tolist()
-    denominator = Denominator(counts[0], counts[1], None if inner.objective.online_kept else counts[2], 1, 1,
-                              rescale=True)
-    sums = torch.zeros(4, device=accelerator.device)  # objective loss, nll sum, p sum, kept
-    for batch in batches:
-        batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        loss, stats = module(batch, denominator)
-        sums += torch.stack([torch.as_tensor(x, dtype=torch.float32, device=accelerator.device).reshape(())
-                             for x in (loss, stats["nll_sum"], stats["p_sum"], stats["kept"])])
-    sums = accelerator.reduce(sums, reduction="sum").tolist()
-    online = inner.normalize == "kept-targets" and inner.objective.online_kept  # the loss is a sum: / kept
-    return {"eval_loss": sums[0] / max(sums[3], 1.0) if online else sums[0], "eval_nll": sums[1] / max(counts[0], 1),
-            "eval_mean_p": sums[2] / max(counts[0], 1)}

@@ -4,7 +4,7 @@
     h, y   = hidden[b, t-1], labels[b, t]             # (N, H), (N,) for every target (b, t)
     terms  = target_terms(h, y, head, ...)            # chunked, recomputed in backward
     loss_t, kept = token_loss(objective, terms)       # (N,), (N,)  (or PoFT per sequence)
-    loss   = sum(loss_t * mask) / denominator         # denominator: global over accumulation + processes
+    loss   = sum(loss_t * mask * weight) / denominator  # denominator: global over accumulation + processes
 
 Normalization (`--normalize`): the denominator is counted over the whole optimizer step -- every
 micro-batch of the gradient-accumulation window, on every process -- before the first backward,
@@ -17,6 +17,21 @@ so accumulation and data parallelism give the gradient of one big batch:
                   the Trainer interop) each micro-batch divides by its own kept count and the
                   micro-batches and processes are averaged
     sequences     mean over sequences of each sequence's mean target loss (PoFT)
+    weight-sum    with --weight: the sum of |w| over the targets the stored --mask keeps (all targets
+                  without one), so the mean weight is 1 (TRL's weighted-SFT proposals, sum w l / sum |w|)
+
+Weights (`--weight`, a stored list<float32> column, batch["weight"] (B, T), 0 off the targets):
+each target's loss, after the objective and the stored mask, is multiplied by its weight,
+loss_t = w_t * loss_t, so weights all 1 leave every number bit-identical (x * 1.0 == x). The default
+normalization does not change with --weight (the objective's own, all-targets for most): a weight
+then scales each token's share of ordinary SFT, the learning rate means what it means unweighted,
+and `--weight prob^1` with nll, training the scorer, is at step 0 exactly DFT's sum sg(p)(-log p) / N
+(p⁰ = p there; DFT's own divisor, TRL's num_items_in_batch, is N too). weight-sum is
+opt-in; like all-targets its count is made before the forward from the stored mask, so an online
+threshold (objective.online_kept) does not change it (its kept tokens are a subset of what it
+counts), and kept-targets still counts tokens, weighted or not. PoFT: each sequence's weight is
+the mean of its target weights (the example's weight for per-example data weights), the loss
+per sequence loss_s * w_s; sequences divides by the number of sequences, weight-sum by sum |w_s|.
 
 The path without `rescale` and Beyond Log Likelihood's verl trainer (main_verl/trainer/
 fsdp_sft_trainer.py) agree in direction: each micro-batch divides its summed loss by its own kept
@@ -48,14 +63,23 @@ class Denominator:
     micro_batches: int  # micro-batches per process in the step
     world_size: int = 1
     rescale: bool = False  # online kept count: return sums, the caller divides gradients by the global count
+    weight_sum: float = 0.0  # sum |w| over the stored mask's targets (per sequence for PoFT); for weight-sum
 
 
-def count_batch(batch: dict) -> dict:
-    """What a micro-batch contributes to the step's Denominator (before any forward)."""
+def count_batch(batch: dict, sequence_level: bool = False) -> dict:
+    """What a micro-batch contributes to the step's Denominator (before any forward). weight_sum:
+    sum |w| over the targets the stored mask keeps, or with sequence_level (PoFT) sum |w_s| over the
+    sequences, w_s the mean weight of a sequence's targets; 0 without weights."""
     target = batch["labels"] != IGNORE_INDEX  # (B, T)
-    kept = (target & batch["mask"].bool()).sum().item() if "mask" in batch else target.sum().item()
+    stored = target & batch["mask"].bool() if "mask" in batch else target  # (B, T)
+    weight_sum = 0.0
+    if "weight" in batch:
+        w = torch.where(stored, batch["weight"], torch.zeros_like(batch["weight"]))  # (B, T)
+        if sequence_level:
+            w = w.sum(1) / target.sum(1).clamp(min=1)  # (B,) each sequence's mean target weight
+        weight_sum = float(w.abs().sum().item())
     return {"targets": float(target.sum().item()), "sequences": float((target.sum(1) > 0).sum().item()),
-            "kept": float(kept)}
+            "kept": float(stored.sum().item()), "weight_sum": weight_sum}
 
 
 def micro_batch_loss(model, batch: dict, objective: Objective, normalize: str, denominator: Denominator,
@@ -87,6 +111,9 @@ def micro_batch_loss(model, batch: dict, objective: Objective, normalize: str, d
         seq_logprob = torch.zeros(n_seq, device=labels.device).index_add(0, rows, terms.logprob) / per_seq_targets.clamp(min=1)
         has = per_seq_targets > 0
         loss_seq, weight = poft_loss(seq_logprob[has], batch["ref_logprob"][has], **objective.params)
+        if "weight" in batch:  # each sequence's loss times the mean weight of its targets
+            w_seq = torch.zeros(n_seq, device=labels.device).index_add(0, rows, batch["weight"][rows, cols])
+            loss_seq = loss_seq * (w_seq / per_seq_targets.clamp(min=1))[has]
         total = loss_seq.sum()
         stats.update(kept=float(len(rows)), poft_weight_sum=weight.sum(), poft_sequences=has.sum())
     else:
@@ -95,6 +122,8 @@ def micro_batch_loss(model, batch: dict, objective: Objective, normalize: str, d
             stored = batch["mask"][rows, cols].bool()  # (N,)
             loss_t = torch.where(stored, loss_t, torch.zeros_like(loss_t))
             kept = kept & stored
+        if "weight" in batch:  # after the mask, so weights all 1 are bit-identical to no weights
+            loss_t = loss_t * batch["weight"][rows, cols]  # (N,) w_t * loss_t
         stats["kept"] = kept.sum()
         if normalize == "sequences":
             per_seq = torch.zeros(n_seq, device=labels.device).index_add(0, rows, loss_t)
@@ -113,6 +142,8 @@ def _denominator(normalize: str, d: Denominator, kept_here) -> float | torch.Ten
         return max(d.targets, 1.0)
     if normalize == "sequences":
         return max(d.sequences, 1.0)
+    if normalize == "weight-sum":  # weights may sum below 1; a step whose weights are all 0 has a zero loss
+        return d.weight_sum if d.weight_sum > 0 else 1.0
     if d.kept is not None:
         return max(d.kept, 1.0)
     if d.rescale:  # online threshold: the caller divides by the step's global kept count afterwards

@@ -22,9 +22,14 @@ from tokensft.core.errors import ConfigError
 # known only after the forward; see tokensft.train.loss)
 NORMALIZE_HELP = {
     "all-targets": "divide by every supervised token of the global batch (across accumulation and processes, "
-                   "counted before masking: ProFit, TRL)",
-    "kept-targets": "divide by the kept ones (Beyond Log Likelihood)",
+                   "counted before masking: ProFit, TRL); the default with --weight too: each token's loss is w * loss, so a "
+                   "weight scales its share of ordinary SFT and the learning rate means what it does unweighted "
+                   "(--weight prob^1 with nll on the scorer is DFT at step 0)",
+    "kept-targets": "divide by the kept ones (Beyond Log Likelihood); with --weight still a count of tokens",
     "sequences": "mean over sequences of their mean token loss (PoFT)",
+    "weight-sum": "with --weight: divide by the sum of |w| over the targets the stored --mask keeps (all targets "
+                  "without one; online thresholds do not change it), over the global batch: the mean weight "
+                  "becomes 1 (TRL's weighted-SFT proposals); poft: the sum of |w_seq|",
 }
 NORMALIZE = tuple(NORMALIZE_HELP)
 PRIORS = ("teacher", "scorer", "self", "uniform")
@@ -211,6 +216,10 @@ def objectives_help(width: int = 110) -> str:
         lines += block("", f"from: {kind.source}")
     lines += block("--mask SPEC", "any objective restricted to a stored mask (tokensft enrich --mask), "
                                   "e.g. --objective nll --mask 'prob>=0.1'")
+    lines += block("--weight NAME", "any objective times a stored per-token weight, loss_t = w_t * loss_t: the "
+                                    "data's `weight`, or a weight_<name> or its spec (tokensft enrich --weight), "
+                                    "e.g. --objective nll --weight 'prob^1'; poft: each sequence's loss times the "
+                                    "mean weight of its targets. Negative weights need --allow-negative-weights")
     lines.append("normalize:")
     for name, text in NORMALIZE_HELP.items():
         lines += block(name, text)

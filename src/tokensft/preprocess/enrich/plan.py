@@ -1,11 +1,11 @@
 """What an enrichment will do: its config, and the plan made from it before any work.
 
-    config = EnrichConfig(input=DIR, masks=[...], refs=[...], teacher=...)
+    config = EnrichConfig(input=DIR, masks=[...], weights=[...], refs=[...], teacher=...)
     plan = make_plan(config, source, target, in_place)   # the request minus what DIR already holds
-    plan.masks, plan.jobs                              # what is left to compute
+    plan.masks, plan.weights, plan.jobs                # what is left to compute (or is stale)
     plan.identity                                      # what decides the output (resume key)
 
-`preflight` checks a request before the dataset exists (`score --mask/--ref/--teacher`).
+`preflight` checks a request before the dataset exists (`score --mask/--weight/--ref/--teacher`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ from typing import TYPE_CHECKING
 from tokensft.core.dataset import load_metadata, read_schema, shard_name
 from tokensft.core.errors import ConfigError
 from tokensft.core.masks import MaskSpec, parse_mask
+from tokensft.core.schema import METADATA_FILE, TEACHER_LOGPROB, WEIGHT_PREFIX, is_mask_column
+from tokensft.core.weights import WeightSpec, parse_weight
 from tokensft.preprocess import output
 from tokensft.preprocess.config import RunConfig
+from tokensft.preprocess.enrich.weights import check_reads, plan_weights
 
 if TYPE_CHECKING:  # jobs imports torch and transformers: seconds that masks alone never need
     from tokensft.preprocess.enrich.jobs import Job
@@ -35,6 +38,7 @@ class EnrichConfig(RunConfig):
     input: str
     output: str | None = None  # None: in place
     masks: list[str] = field(default_factory=list)
+    weights: list[str] = field(default_factory=list)
     refs: list[str] = field(default_factory=list)
     ref_names: list[str | None] = field(default_factory=list)  # per ref; None: from the model's name
     ref_template: str = "auto"
@@ -52,10 +56,12 @@ class EnrichConfig(RunConfig):
             raise ConfigError(f"--ref-max-length {self.ref_max_length}: must be at least 2")
         for text in self.masks:
             parse_mask(text)
+        for text in self.weights:
+            parse_weight(text)
 
     @property
     def requested(self) -> bool:
-        return bool(self.masks or self.refs or self.teacher)
+        return bool(self.masks or self.weights or self.refs or self.teacher)
 
 
 @dataclass
@@ -68,6 +74,7 @@ class EnrichPlan:
     meta: dict  # the source's tokensft.json
     source_run: dict  # the source's run state (.tokensft/run.json): fingerprint, identity, num_chunks
     masks: list[MaskSpec]  # the masks to compute (new, changed, or stale under a new teacher)
+    weights: list[WeightSpec]  # the weights to compute, in order (new, changed, or reading a recomputed column)
     jobs: list[Job]  # the model jobs to run (references, teacher) not already in the source
     identity: dict  # what decides the output: a rerun with the same identity resumes this one
 
@@ -100,14 +107,25 @@ class EnrichPlan:
 
 
 def preflight(config: EnrichConfig, scorer: str) -> None:
-    """Check an enrichment request before the dataset exists (`score --mask/--ref/--teacher`):
-    specs parse, models resolve, the teacher shares the scorer's tokenizer, teacher masks have a teacher."""
+    """Check an enrichment request before the dataset exists (`score --mask/--weight/--ref/--teacher`):
+    specs parse, models resolve, the teacher shares the scorer's tokenizer, what reads the teacher
+    has one, and (for a new dataset) a product's stored factors are added by this request."""
     from tokensft.core.models import load_tokenizer, resolve_model_dir, tokenizer_fingerprint
 
     config.validate()
     masks = [parse_mask(t) for t in config.masks]
-    if any(m.source == "teacher" for m in masks) and not config.teacher:
-        raise ConfigError(f"--mask {next(m.spec for m in masks if m.source == 'teacher')!r} needs a teacher: add --teacher MODEL")
+    weights = [parse_weight(t) for t in config.weights]
+    for flag, spec in [("--mask", m) for m in masks] + [("--weight", w) for w in weights]:
+        if TEACHER_LOGPROB in spec.reads and not config.teacher:
+            raise ConfigError(f"{flag} {spec.spec!r} needs a teacher: add --teacher MODEL")
+    if not (Path(config.input) / METADATA_FILE).is_file():  # a new dataset holds no masks or weights yet
+        adds = {m.column for m in masks} | {w.column for w in weights}
+        for w in weights:
+            factor = next((c for c in w.reads if (is_mask_column(c) or c.startswith(WEIGHT_PREFIX)) and c not in adds), None)
+            if factor is not None:
+                kind = "--mask" if is_mask_column(factor) else "--weight"
+                raise ConfigError(f"--weight {w.spec!r} needs the column {factor}, which a new dataset lacks; "
+                                  f"pass the {kind} that adds it too")
     if config.refs or config.teacher:
         token_fingerprint = tokenizer_fingerprint(load_tokenizer(resolve_model_dir(scorer)[0]), chat_template=False)
         _resolve_jobs(config, {"token_fingerprint": token_fingerprint})
@@ -129,17 +147,20 @@ def make_plan(config: EnrichConfig, source: Path, target: Path, in_place: bool) 
     present = meta.get("enrichment", {})
     jobs = [j for j in jobs if not j.present_in(present)]
     teacher_job = next((j for j in jobs if j.kind == "teacher"), None)
-    if teacher_job is not None:  # a new teacher makes stored teacher masks stale: redo them too
-        stored = [parse_mask(v["spec"]) for v in present.get("masks", {}).values() if v.get("source") == "teacher"]
-        masks += [m for m in stored if m.column not in {x.column for x in masks}]
-    masks = [m for m in masks if teacher_job is not None and m.source == "teacher" or not _mask_present(m, present)]
+    if teacher_job is not None:  # a new teacher makes stored masks that read the teacher stale: redo them too
+        stored = [parse_mask(v["spec"]) for v in present.get("masks", {}).values()]
+        masks += [m for m in stored if TEACHER_LOGPROB in m.reads and m.column not in {x.column for x in masks}]
+    masks = [m for m in masks if teacher_job is not None and TEACHER_LOGPROB in m.reads or not _mask_present(m, present)]
+    recomputed = {m.column for m in masks} | {c for j in jobs for c in j.columns}
+    weights = plan_weights([parse_weight(t) for t in config.weights], present.get("weights", {}), recomputed)
     columns = set(read_schema(source / shard_name(0)).names)
-    _check_columns(source, masks, jobs, columns)
+    _check_columns(source, masks, weights, jobs, columns)
     identity = {
         "kind": "enrich", "source": source_run["fingerprint"], "masks": [m.spec for m in masks],
+        **({"weights": [w.spec for w in weights]} if weights else {}),  # absent without: older identities still match
         "jobs": [j.identity for j in jobs], "skip_invalid": config.skip_invalid,
     }
-    return EnrichPlan(source, target, in_place, meta, source_run, masks, jobs, identity)
+    return EnrichPlan(source, target, in_place, meta, source_run, masks, weights, jobs, identity)
 
 
 def _resolve_jobs(config: EnrichConfig, meta: dict) -> list[Job]:
@@ -157,14 +178,9 @@ def _mask_present(mask: MaskSpec, present: dict) -> bool:
     return entry is not None and entry.get("spec") == mask.spec
 
 
-def _check_columns(source: Path, masks: list[MaskSpec], jobs: list[Job], columns: set[str]) -> None:
+def _check_columns(source: Path, masks: list[MaskSpec], weights: list[WeightSpec], jobs: list[Job],
+                   columns: set[str]) -> None:
     """Refuse, before any work, a request whose inputs the dataset lacks (naming what adds them)."""
-    will_have = columns | {c for j in jobs for c in j.columns}
-    for mask in masks:
-        if mask.logprob_column not in will_have:
-            raise ConfigError(
-                f"{source}: --mask {mask.spec!r} needs the column {mask.logprob_column}, which this dataset lacks; "
-                f"add a teacher first (`tokensft enrich {source} --teacher MODEL`) or pass --teacher with it"
-            )
+    check_reads(source, masks, weights, columns | {c for j in jobs for c in j.columns})
     if any(j.kind == "ref" for j in jobs) and "messages" not in columns:
         raise ConfigError(f"{source}: no messages column to re-render for references; re-score it with this tokensft")

@@ -43,7 +43,7 @@ def enrich(config: EnrichConfig) -> dict:
         if in_place:
             _settle_staging(source)
         plan = make_plan(config, source, target, in_place)
-        if in_place and not plan.masks and not plan.jobs:
+        if in_place and not plan.masks and not plan.weights and not plan.jobs:
             return {"status": "already-enriched", "output": str(source), "metadata": plan.meta}
         if not in_place and _finished_run(target, plan.identity) is not None:
             return {"status": "already-finished", "output": str(target), "metadata": output.load_finished(target)}
