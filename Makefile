@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_score.py
 	$(PY) benchmarks/bench_enrich.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_train_switches.py
 	$(PY) benchmarks/bench_report.py
 
 clean:

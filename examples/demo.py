@@ -5,9 +5,10 @@
 1. `tokensft score` on arithmetic word problems (question/answer records, as in GSM8K), with the
    top-20 alternatives of every target token;
 2. `tokensft score` on multi-turn chat records (every assistant turn is a target);
-3. `tokensft enrich`: ProFit's mask (keep p >= 0.1) and a per-sequence top-60% mask on the
-   arithmetic set; on the chat set, the same model rendering plain text (no chat template) as a
-   PoFT reference, to show a reference scoring the responses in its own rendering;
+3. `tokensft enrich`: ProFit's mask (keep p >= 0.1), a per-sequence top-60% mask and DFT's
+   step-0 weight sg(p)^1 (clipped at 0.05) on the arithmetic set; on the chat set, the same model
+   rendering plain text (no chat template) as a PoFT reference, to show a reference scoring the
+   responses in its own rendering;
 4. `tokensft inspect` on both, token by token, with the mask bits;
 5. `tokensft train` a few steps on the arithmetic set with ProFit's precomputed mask, then
    `tokensft score` again under the trained checkpoint: the change in mean target probability;
@@ -56,7 +57,7 @@ def main() -> None:
     math_dir, chat_dir = out / "arithmetic-scored", out / "chat-scored"
     run("score", str(HERE / "data" / "arithmetic.jsonl"), "--model", args.model, "--output", str(math_dir), "--top-k", "20")
     run("score", str(HERE / "data" / "chat.jsonl"), "--model", args.model, "--output", str(chat_dir))
-    run("enrich", str(math_dir), "--mask", "prob>=0.1", "--mask", "top-frac:0.6")
+    run("enrich", str(math_dir), "--mask", "prob>=0.1", "--mask", "top-frac:0.6", "--weight", "prob^1,clip:0.05:1")
     run("enrich", str(chat_dir), "--ref", args.model, "--ref-name", "plain_text", "--ref-template", "plain")
     run("inspect", str(math_dir), "--examples", "1")
     run("inspect", str(chat_dir), "--examples", "1")

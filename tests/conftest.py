@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -137,3 +139,18 @@ def dies_on_call(original, n: int):
 
     wrapper.calls = 0
     return wrapper
+
+
+def run_processes(cmd: list[str], env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """subprocess.run for a multi-process launch (accelerate launch): on timeout the whole process
+    group is killed, so a hung rank fails the test instead of holding the output pipes open forever
+    (subprocess.run kills only the launcher, and its children keep the pipes)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        err += f"\n(killed after {timeout} s: a rank hung)"
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

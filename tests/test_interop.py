@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_processes
 import torch
 from safetensors.torch import load_file
 from test_enrich import CHATS
@@ -99,7 +99,7 @@ def test_two_processes_take_the_full_batch_step(enriched, tiny_dirs, tmp_path, o
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--mixed_precision", "no", "--num_machines", "1", "--dynamo_backend", "no", str(STEP_SCRIPT),
            str(enriched), str(tiny_dirs["bpe"]), objective, mask, normalize, str(tmp_path / "two")]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    done = run_processes(cmd, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     before = load_file(tiny_dirs["bpe"] / "model.safetensors")
     after = load_file(tmp_path / "two" / "model.safetensors")

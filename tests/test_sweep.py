@@ -78,6 +78,17 @@ def test_a_killed_sweep_resumes_arm_by_arm(inputs, tiny_dirs, tmp_path, monkeypa
         [(x["arm"], x["accuracy"], x["heldout_mean_p"]) for x in b["arms"]]
 
 
+def test_lora_arms_are_merged_so_eval_can_load_them(inputs, tiny_dirs, tmp_path):
+    pytest.importorskip("peft", reason="LoRA needs the optional peft (pip install tokensft[peft])")
+    data, heldout = inputs
+    out = tmp_path / "lora"
+    assert main(["sweep", str(data), "--objectives", "nll", "--eval", str(heldout), "-o", str(out), "--max-steps", "1",
+                 "--batch-size", "4", "--max-new-tokens", "2", "--no-baseline", "-q", "--model", str(tiny_dirs["bpe"]),
+                 "--lora-r", "2"]) == 0
+    run = json.loads((out / "results.json").read_text())["arms"][0]["runs"][0]
+    assert "--merge" in shlex.split(run["commands"][0]) and (out / "arms" / "nll" / "seed-0" / "model" / "config.json").is_file()
+
+
 def test_arms_and_bad_sweeps(inputs, tiny_dirs, tmp_path, capsys):
     arms = parse_arms("nll,qtarget:gamma=0.5,prior=uniform,nll@prob>=0.1,threshold-nll:0.2")
     assert [a.spec for a in arms] == ["nll", "qtarget:gamma=0.5,prior=uniform", "nll@prob>=0.1", "threshold-nll:0.2"]

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_bpe_tokenizer, make_model
+from conftest import make_bpe_tokenizer, make_model, run_processes
 from safetensors.torch import load_file
 from test_enrich import CHATS, enrich_cli, scored
 from transformers import AutoModelForCausalLM
@@ -131,7 +130,7 @@ def test_two_processes_equal_one(enriched, tiny_dirs, tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--mixed_precision", "no",
            "--num_machines", "1", "--dynamo_backend", "no", "-m", "tokensft", "train", str(enriched),
            "--output", str(tmp_path / "two"), *common]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    done = run_processes(cmd, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     for name in a:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_bpe_tokenizer, make_model
+from conftest import make_bpe_tokenizer, make_model, run_processes
 from test_train import enriched, losses, train_cli  # noqa: F401  (scored with top-k, a mask, a reference and a teacher)
 from transformers import AutoModelForCausalLM
 
@@ -201,7 +201,6 @@ def test_two_processes_evaluate_as_one(enriched, tiny_dirs, tmp_path):  # noqa: 
     """The held-out metrics of an online-threshold objective under 2 processes equal 1 process's (the eval split
     is uneven across processes, so one of them runs a filler micro-batch)."""
     import os
-    import subprocess
     import sys
 
     common = ["--objective", f"threshold-nll:{THRESHOLD}", "--max-steps", "1", "--eval-fraction", "0.5", "--batch-size", "1",
@@ -210,7 +209,7 @@ def test_two_processes_evaluate_as_one(enriched, tiny_dirs, tmp_path):  # noqa: 
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--mixed_precision", "no",
            "--num_machines", "1", "--dynamo_backend", "no", "-m", "tokensft", "train", str(enriched),
            "--output", str(tmp_path / "two"), *common]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    done = run_processes(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = metrics(tmp_path / "one")[-1], metrics(tmp_path / "two")[-1]
     assert len(TrainData(str(enriched), parse_objective("nll"), eval_fraction=0.5).eval_indices) % 2 == 1

@@ -20,6 +20,8 @@ from tokensft.core.weights import parse_weight, weight_column_for, weight_values
     ("excess,clip:0:5,normalize:sequence", "excess,clip:0:5,normalize:sequence", "weight_excess__clip_0_5__norm_seq"),
     ("product:weight*prob>=0.1", "product:weight*mask_prob_ge_0.1", "weight_product_weight_x_mask_prob_ge_0.1"),
     ("product:weight*prob^1", "product:weight*weight_prob_pow_1", "weight_product_weight_x_weight_prob_pow_1"),
+    ("product:weight*weight_prob_pow_1__clip_0_0.001", "product:weight*weight_prob_pow_1__clip_0_0.001",
+     "weight_product_weight_x_weight_prob_pow_1~clip_0_0.001"),
 ])
 def test_canonical_spec_and_column(text, spec, column):
     parsed = parse_weight(text)
@@ -27,6 +29,12 @@ def test_canonical_spec_and_column(text, spec, column):
     assert parse_weight(parsed.spec) == parsed
     if parsed.term != "product":  # a name reads back to the same spec (products are given by spec)
         assert parse_weight(parsed.name) == parsed and parse_weight(parsed.column) == parsed
+
+
+def test_a_products_modifiers_and_its_factors_modifiers_name_different_columns():
+    clipped_product = parse_weight("product:weight*prob^1,clip:0:0.001")
+    product_of_clipped = parse_weight("product:weight*weight_prob_pow_1__clip_0_0.001")
+    assert clipped_product.column != product_of_clipped.column
 
 
 def test_train_resolves_columns_names_and_specs_alike():
@@ -118,7 +126,7 @@ def test_normalized_rows_have_mean_one_and_zero_rows_stay_zero():
 def test_a_negative_mean_cannot_be_normalized_and_infinite_weights_are_refused():
     flat, offsets, target = _shard(4)
     flat["teacher_logprob"] = np.where(target, -50.0, np.nan).astype(np.float32)  # excess far below 0
-    with pytest.raises(ConfigError, match="negative one"):
+    with pytest.raises(ConfigError, match="needs non-negative weights"):
         weight_values(parse_weight("excess,normalize:sequence"), flat, offsets, target)
     flat["logprob"][np.flatnonzero(target)[0]] = -np.inf
     with pytest.raises(ConfigError, match="not finite"):

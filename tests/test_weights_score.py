@@ -56,7 +56,7 @@ def chat(*turns, weight=None):
 
 def naive_weights(tokenizer, template, record, labels) -> list[float]:
     """Per character: every char of part i of target turn k weighs example x turn x part; a target
-    token takes its first in-span character's weight, a special token closing a turn its last part's."""
+    token takes its first non-space in-span character's weight, a special token closing a turn its last part's."""
     example = example_of(record)
     text, spans, offsets = offsets_of(tokenizer, template, example)
     turns = [m for m in record["messages"] if m["role"] == "assistant"]
@@ -74,7 +74,8 @@ def naive_weights(tokenizer, template, record, labels) -> list[float]:
         if labels[j] == IGNORE_INDEX:
             out.append(math.nan)
         else:
-            out.append(char_weight[inside[0]] if inside else last[max(k for k, s in enumerate(spans) if s[1] <= a)])
+            visible = [c for c in inside if not text[c].isspace()] or inside  # " 4" goes with "4"
+            out.append(char_weight[visible[0]] if inside else last[max(k for k, s in enumerate(spans) if s[1] <= a)])
     return out
 
 
@@ -112,7 +113,7 @@ def test_span_weights_decode_to_their_parts(family, template):
 
 @pytest.mark.parametrize("template", ["chat", "plain"])
 def test_span_weights_equal_the_naive_reference_for_any_cut(family, template):
-    """Cuts inside tokens too: such a token takes the part of its first in-span character."""
+    """Cuts inside tokens too: such a token takes the part of its first non-space in-span character."""
     tokenizer = TOKENIZERS[family]()
     rng = np.random.default_rng(0)
     for _ in range(12):
@@ -144,6 +145,16 @@ def test_token_spanning_two_parts_takes_the_first(family):
     cut = offsets[j][0] + 1 - start
     weights = render(tokenizer, "chat", chat("How many eggs?", [(ANSWER[:cut], 2), (ANSWER[cut:], 3)])).weight
     assert rendered.labels[j] != IGNORE_INDEX and weights[j] == 2 and weights[j + 1] == 3 and weights[j - 1] == 2
+
+
+def test_a_word_after_a_space_takes_its_own_part(family):
+    """The README's example: BPE's " 4" starts on the space of "is ", yet goes with the part "4"."""
+    tokenizer = TOKENIZERS[family]()
+    record = chat("What is 2+2?", [("The answer is ", 0.2), ("4", 3)])
+    rendered = render(tokenizer, "chat", record)
+    eos = tokenizer.eos_token
+    assert decoded(tokenizer, rendered, 3.0).replace(eos, "").strip() == "4"
+    assert decoded(tokenizer, rendered, 0.2).strip() == "The answer is"
 
 
 def test_end_of_turn_token_takes_the_last_part_even_an_empty_one():
@@ -249,6 +260,17 @@ def test_prompt_weight_scores_prompt_tokens(tmp_path, family, tiny_dirs):
         prompt = np.array(row["from_prompt"], dtype=bool)
         assert np.all(np.array(row["weight"])[prompt] == 0.5) and prompt.sum() > 0
     assert meta["counts"]["prompt_targets"] == sum(sum(r) for r in ds["from_prompt"])
+
+
+def test_training_prompt_targets_needs_their_weights_and_no_poft(tmp_path, tiny_dirs, capsys):
+    """Without --weight the prompt tokens would train at weight 1; poft would compare unlike means."""
+    code, out = score_cli(tmp_path, tiny_dirs["bpe"], "--prompt-weight", "0.5", records=QA[:4])
+    assert code == 0
+    capsys.readouterr()
+    for extra, says in ((), "pass --weight weight"), (("--objective", "poft"), "poft compares"):
+        assert main(["train", str(out), "-o", str(tmp_path / "t"), "--model", str(tiny_dirs["bpe"]), "-q", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err, err
 
 
 def test_killed_weighted_run_resumes_to_a_clean_run(tmp_path, tiny_dirs, monkeypatch):

@@ -10,13 +10,13 @@ import copy
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import run_processes
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -209,7 +209,7 @@ def launch(*args: str) -> None:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--mixed_precision",
            "no", "--num_machines", "1", "--dynamo_backend", "no", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    done = run_processes(cmd, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
 
 

@@ -104,6 +104,8 @@ def run_sweep(args) -> int:
     if args.seed is not None:  # train's --seed, which the sweep sets per arm
         raise TokensftError(f"--seed {args.seed}: a sweep trains each arm once per seed of --seeds; use --seeds {args.seed}")
     train = given(args, TrainConfig, exclude=SWEEP_SETS)
+    if train.get("lora_r") and not train.get("merge"):  # eval loads a full model: LoRA arms are merged
+        train["merge"] = True
     evaluation = given(args, EvalConfig, exclude=("model", "input", "output", "format", "seed", "quiet", "rank",
                                                   "world_size", "overwrite", "skip_invalid", "wait", "resume"))
     if "template" not in evaluation:  # held-out prompts rendered as the training data was

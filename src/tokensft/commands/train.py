@@ -49,7 +49,7 @@ def run(args) -> int:
 def add_train_settings(p):
     """The optimization and evaluation settings (TrainConfig's fields), shared with `tokensft sweep`,
     which applies them to every arm. Returns the "evaluation, checkpoints" group."""
-    from tokensft.train.config import DTYPES, TrainConfig as D
+    from tokensft.train.config import BATCHING, DTYPES, REPORT_TO, TrainConfig as D
     from tokensft.train.objectives import NORMALIZE
 
     p.add_argument("--model", "-m", help=f"the model to train, sharing the scorer's tokenizer (default {D.model})")
@@ -72,6 +72,21 @@ def add_train_settings(p):
     h.add_argument("--chunk-size", type=int, help="target rows per lm_head chunk: 256 keeps the loss at ~0.3x a full "
                                                   f"cross-entropy's memory (default {D.chunk_size})")
     h.add_argument("--dtype", choices=DTYPES, help=f"auto: bf16 autocast on CUDA, fp32 on CPU (default {D.dtype})")
+    h.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                   help="recompute the backbone's layers in backward: activations ~1/17 of the layers' (slower steps)")
+    h.add_argument("--batching", choices=BATCHING, help="grouped: each step's examples sorted by length before they are "
+                   f"split into micro-batches, so they pad less (the same examples per step) (default {D.batching})")
+    h.add_argument("--report-to", choices=REPORT_TO, help="an accelerate tracker besides metrics.jsonl, offline: "
+                   f"tensorboard (OUTPUT/tensorboard), wandb (offline mode), mlflow (OUTPUT/mlruns) (default {D.report_to})")
+    r = p.add_argument_group("LoRA (pip install tokensft[peft])")
+    r.add_argument("--lora-r", type=int, help="train a LoRA adapter of this rank instead of every weight (default 0: full)")
+    r.add_argument("--lora-alpha", type=float, help=f"the adapter's scale is alpha / r (default {D.lora_alpha:g})")
+    r.add_argument("--lora-dropout", type=float, help=f"dropout on the adapter's input (default {D.lora_dropout:g})")
+    r.add_argument("--lora-targets", help="comma list of Linear module names (default: the attention and MLP "
+                                          "projections, e.g. q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj)")
+    r.add_argument("--lora-base-bf16", action="store_true", default=None, help="hold the frozen base in bf16 (the adapter in fp32)")
+    r.add_argument("--merge", action="store_true", default=None, help="the final output is the merged full model, "
+                   "which `tokensft score` and from_pretrained load (the adapter in OUTPUT/adapter)")
     e = p.add_argument_group("evaluation, checkpoints")
     e.add_argument("--eval-fraction", type=float, help=f"held-out fraction, by a hash of the example id (default {D.eval_fraction})")
     e.add_argument("--eval-every", type=int, help="evaluate every N steps, and at the end (default 0: at the end)")

@@ -135,6 +135,11 @@ def resolve_model_dir(spec: str, fetch: bool = True) -> tuple[Path, str]:
             # its final model is written last: until then any model files there are an older run's
             raise ModelError(f"'{path}' is an unfinished `tokensft train` output (no tokensft_train.json); rerun its "
                              "train command to finish it, or pass one of its checkpoints/step-N")
+        if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+            # refused rather than loaded onto its base: the adapter names its base by a local path, which
+            # the weights hash would not cover
+            raise ModelError(f"'{path}' is a LoRA adapter (tokensft train --lora-r without --merge); rerun that train "
+                             "command with --merge --overwrite for a full model")
         if not (path / "config.json").is_file():
             raise ModelError(f"model directory '{path}' has no config.json (pass a Hugging Face model directory)")
         return path, spec

@@ -18,8 +18,8 @@ Terms (p⁰ = exp(logprob), the scorer's stored probability; see ../shared/PAPER
                         data's; weight_<name>; mask_<name>) or by a mask/weight spec already stored
 Modifiers, after commas, applied in order:
     clip:LO:HI          clamp to [LO, HI]
-    normalize:sequence  scale each sequence's weights to mean 1 over its targets (a sequence whose
-                        weights sum to 0 keeps zeros; a negative mean is refused: clip first)
+    normalize:sequence  scale each sequence's weights to mean 1 over its targets (a sequence of
+                        zeros keeps zeros; negative weights are refused: clip first)
 Values are NaN where labels = -100 and finite at every target. No Python loop per token.
 """
 
@@ -63,7 +63,9 @@ class WeightSpec:
     def name(self) -> str:
         """The canonical name, a plain identifier: "prob_pow_1__clip_0.05_1"."""
         head = {"prob": lambda: f"prob_pow_{number_text(self.power)}", "excess": lambda: "excess",
-                "product": lambda: "product_" + "_x_".join(self.factors)}[self.term]()
+                # a factor's own modifiers ("__") become "~", so the product's modifiers stay its own:
+                # product:weight*weight_a__clip_0_1 and product:weight*weight_a,clip:0:1 differ
+                "product": lambda: "product_" + "_x_".join(f.replace("__", "~") for f in self.factors)}[self.term]()
         return "__".join([head, *(_modifier_name(m) for m in self.modifiers)])
 
     @property
@@ -202,12 +204,14 @@ def weight_values(spec: WeightSpec, flat: dict, offsets: np.ndarray, target: np.
 
 
 def _normalize_sequence(spec: WeightSpec, values: np.ndarray, offsets: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Each row's weights divided by their mean over its targets (rows summing to 0 keep zeros)."""
+    """Each row's weights divided by their mean over its targets (rows of zeros stay zeros).
+    Negative weights are refused: a mixed-sign row's mean can be ~0 and blow its weights up."""
     rows = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))  # (N,) row of each token
-    sums = np.bincount(rows, weights=np.where(target, values, 0.0), minlength=len(offsets) - 1)  # (R,)
+    at = np.where(target, values, 0.0)
+    if (at < 0).any():
+        raise ConfigError(f"--weight {spec.spec!r}: normalize:sequence needs non-negative weights; "
+                          f"{int((at < 0).sum())} targets have negative ones (clip first, e.g. ,clip:0:5)")
+    sums = np.bincount(rows, weights=at, minlength=len(offsets) - 1)  # (R,)
     counts = np.bincount(rows, weights=target.astype(np.float64), minlength=len(offsets) - 1)  # (R,)
-    if (sums < 0).any():
-        raise ConfigError(f"--weight {spec.spec!r}: normalize:sequence needs weights with a positive mean per "
-                          f"sequence; {int((sums < 0).sum())} sequences have a negative one (clip first)")
     scale = np.divide(counts, sums, out=np.ones_like(sums), where=sums > 0)  # (R,) 1 / mean
     return values * scale[rows]

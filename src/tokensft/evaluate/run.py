@@ -63,7 +63,7 @@ def evaluate(config: EvalConfig) -> dict:
     fmt = detect_record_format(config, kind)
     num_rows = count_rows(config.input, kind=kind)
     if not config.skip_invalid:
-        validate_rows(config, kind, fmt, _weight_rules(kind))  # seconds, before any generation
+        validate_rows(config, kind, fmt)  # seconds, before any generation (weights are not read)
     loaded = load_model(config.model, dtype=config.dtype, device=config.device)
     # rendered whole (no cut): a prompt and its completion must fit within this many tokens
     limit = config.max_length or getattr(loaded.model.config, "max_position_embeddings", None)
@@ -222,13 +222,12 @@ def _generate_chunk(config, fmt, renderer, limit, loaded, metric, stops, directo
     from tokensft.preprocess.scorer import default_batch_tokens
 
     counts = Counts(read=len(rows), evaluated=0, skipped={})
-    rules = _weight_rules(config.input_format or detect_kind(config.input))
     todo = []  # (example id, sample, prompt ids, reference)
     for row in rows:
         try:
             if row.error is not None:
                 raise row.error
-            example = to_example(row.record, config.format, row.where, fmt, rules)
+            example = to_example(row.record, config.format, row.where, fmt)
             prompt, reference = eval_prompt(example, renderer, row.where, limit, config.max_new_tokens)
         except InputError as exc:
             if not config.skip_invalid:
@@ -271,16 +270,9 @@ def _teacher_forced(config: EvalConfig, directory: Path) -> dict:
         input_format=config.input_format, template=config.template, max_length=config.max_length,
         batch_tokens=config.batch_tokens, chunk_size=config.chunk_size, dtype=config.dtype, device=config.device,
         rank=config.rank, world_size=config.world_size, skip_invalid=config.skip_invalid, quiet=config.quiet,
-        command=config.command, shard_size=config.shard_size, allow_negative_weights=True,
+        command=config.command, shard_size=config.shard_size, read_weights=False,
     ))
 
-
-def _weight_rules(kind: str):
-    """Held-out records are read as score reads them (so their ids agree), any weight accepted:
-    weights shape training, not evaluation."""
-    from tokensft.preprocess.weights import WeightRules
-
-    return WeightRules(allow_negative=True, text_numbers=kind == "csv")
 
 
 def _finish(config: EvalConfig, directory: Path, identity: dict, num_chunks: int, scored: dict | None) -> dict:

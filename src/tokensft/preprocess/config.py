@@ -85,6 +85,7 @@ class ScoreConfig(RunConfig):
     weight_field: str | None = None  # per-example weight field; None: "weight", which no row need have
     prompt_weight: float = 0.0  # != 0: prompt tokens become targets of this weight (WIT)
     allow_negative_weights: bool = False
+    read_weights: bool = True  # False: the records' weights are not read at all (eval's teacher-forced pass)
 
     def validate(self) -> None:
         super().validate()

@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass
 
 from tokensft.core.errors import ConfigError, InputError
-from tokensft.preprocess.weights import TURN_KEY, WeightRules, id_payload, parse_parts, parse_weight, refuse_on_prompt, untrained
+from tokensft.preprocess.weights import TURN_KEY, WeightRules, parse_parts, parse_weight, refuse_on_prompt, untrained
 
 FORMATS = ("messages", "prompt-response", "alpaca", "text")
 TARGETS = ("all", "last")
@@ -130,16 +130,15 @@ def to_example(record: dict, spec: FormatSpec, where: str, fmt: str, rules: Weig
     else:
         kind, messages = "chat", _system(record, spec, where) + _single_turn(record, spec, where, fmt)
     weight = parse_weight(record.get(rules.field), rules, where, rules.field) if rules else None
-    return Example(_example_id(record, spec.id_field, where, messages, kind, weight), kind, messages, weight)
+    return Example(_example_id(record, spec.id_field, where, messages, kind), kind, messages, weight)
 
 
-def stable_id(example_messages, kind: str, weight: float | None = None) -> str:
+def stable_id(example_messages, kind: str) -> str:
     """First 16 hex chars of sha256 over canonical JSON of the content: the same on every run and machine.
-    The weights (example `weight`, the messages' turn and part weights) are hashed only when one of
-    them is not 1, so a record without weights keeps the id it always had."""
+    Weights are not hashed: rescoring the same records with other
+    weights, a weight ablation, keeps every id, and with it the eval split, random masks and
+    `report --compare` matching."""
     payload = [kind, [[m.role, m.content, m.is_target] for m in example_messages]]
-    if (weights := id_payload(weight, example_messages)) is not None:
-        payload.append(weights)
     canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
@@ -235,14 +234,13 @@ def _system(record: dict, spec: FormatSpec, where: str) -> tuple[Message, ...]:
     return (Message("system", system, False),) if system.strip() else ()
 
 
-def _example_id(record: dict, id_field: str, where: str, messages: tuple[Message, ...], kind: str,
-                weight: float | None) -> str:
+def _example_id(record: dict, id_field: str, where: str, messages: tuple[Message, ...], kind: str) -> str:
     if not _present(record, id_field):
-        return stable_id(messages, kind, weight)
+        return stable_id(messages, kind)
     value = record[id_field]
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise _wrong_type(where, id_field, value, "a string or an integer")
-    return str(value) if str(value).strip() else stable_id(messages, kind, weight)
+    return str(value) if str(value).strip() else stable_id(messages, kind)
 
 
 # --- field access: missing, empty and wrong-typed values each get their own reason ---------------

@@ -13,7 +13,7 @@ response text.
 
 Weights (a `weight` list aligned with input_ids, NaN where not a target) when the dataset is
 weighted: a target token takes example x turn x part weight of the target message it belongs to
-(`preprocess.weights`): the part holding the token's first character inside the span, and for the
+(`preprocess.weights`): the part holding the token's first non-space character inside the span, and for the
 closing special token, the turn's last part. With a prompt weight W != 0 (WIT, arXiv 2507.07817)
 every other token but the first (it has no prefix) becomes a target too: its label is its id,
 its weight W, and `from_prompt` marks it 1, template scaffolding included.
@@ -147,7 +147,8 @@ def target_tokens(
     special_ids: set[int], text: str,
 ) -> list[tuple[int, int, int]]:
     """(position, span index, char) of every target token of one render: a token is a target when
-    its chars overlap a span (char: its first character inside the span); the first special token
+    its chars overlap a span (char: its first non-whitespace character inside the span, else its first:
+    BPE tokens carry the space before a word, " 4", and the word decides its part); the first special token
     after a span (skipping whitespace-only scaffolding) is the turn's end-of-turn token (char -1).
     Position 0 may be listed: `label_tokens` drops it."""
     out: list[tuple[int, int, int]] = []
@@ -159,7 +160,7 @@ def target_tokens(
         while j < len(input_ids) and offsets[j][0] < span_end:
             start, end = offsets[j]
             if end > start and end > span_start:  # zero-width tokens carry no response text
-                out.append((j, s, max(start, span_start)))
+                out.append((j, s, _first_visible(text, max(start, span_start), min(end, span_end))))
                 last = j
             j += 1
         if last < 0:
@@ -170,6 +171,14 @@ def target_tokens(
         if k < len(input_ids) and input_ids[k] in special_ids:
             out.append((k, s, -1))
     return out
+
+
+def _first_visible(text: str, start: int, end: int) -> int:
+    """The first non-whitespace character of text[start:end], else `start`."""
+    for i in range(start, end):
+        if not text[i].isspace():
+            return i
+    return start
 
 
 def label_tokens(

@@ -11,7 +11,8 @@ Where weights are written in a record:
     span     {"role": "assistant", "content": [{"type": "text", "text": "...", "weight": 3}, ...]}
 A missing weight (absent, or null) is 1. A target token's weight is example x turn x part. The
 parts of a content list are joined with "" for rendering; a token whose characters come from
-two parts takes the weight of the part holding its first character inside the target span, and
+two parts takes the weight of the part holding its first non-whitespace character inside the
+target span (a BPE token " 4" goes with the part of "4", not with the space before it), and
 the special token that closes the turn (<|im_end|>, the plain render's eos) takes the weight of
 the turn's last part. Weights are finite numbers (a boolean is not one); negative ones (pushing
 the model away from a token) only with --allow-negative-weights. Prompt tokens take
@@ -60,7 +61,10 @@ def parse_weight(value, rules: WeightRules, where: str, field: str) -> float | N
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         found = {dict: "an object", list: "a list", bool: "a boolean", str: "a string"}.get(type(value))
         raise _bad(where, field, f"is {found or type(value).__name__}, expected a number")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer past float's range (1e308)
+        raise _bad(where, field, "is too large for a float") from None
     if not math.isfinite(value):
         raise _bad(where, field, f"is {value}, expected a finite number")
     if value < 0 and not rules.allow_negative:
@@ -125,15 +129,6 @@ def weight_sources(example) -> set[str]:
     return found
 
 
-def id_payload(example_weight: float | None, messages) -> list | None:
-    """The weights as stable_id hashes them, or None when every weight is 1 (the id of a record
-    without weights is then unchanged)."""
-    turns = [[_one(m.weight), [[end, _one(w)] for end, w in m.parts]] for m in messages]
-    if _one(example_weight) == 1 and all(t == 1 and all(w == 1 for _, w in p) for t, p in turns):
-        return None
-    return [_one(example_weight), turns]
-
-
 def message_weight(message, char: int | None) -> float:
     """Turn x part weight of `message`'s content character `char` (None: the token closing the turn,
     which takes the last part's weight)."""
@@ -148,7 +143,7 @@ def message_weight(message, char: int | None) -> float:
 def token_weights(example, spans: list[tuple[int, int]], text: str,
                   targets: list[tuple[int, int, int]], n: int) -> list[float]:
     """One weight per token (NaN where not a target): `targets` are (position, span index, char)
-    from render.target_tokens, char = the token's first character inside span i, or -1 for the
+    from render.target_tokens, char = the token's first non-whitespace character inside span i, or -1 for the
     special token closing it; spans[i] is the i-th target message's text in the render."""
     messages = [m for m in example.messages if m.is_target]
     assert len(messages) == len(spans), (len(messages), len(spans))

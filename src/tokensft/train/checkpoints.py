@@ -2,6 +2,7 @@
 
     OUTPUT/checkpoints/step-N/    HF model + tokenizer (loads with from_pretrained), accelerate state
                                   (optimizer, scheduler, RNG), trainer_state.json (step, run identity)
+                                  (LoRA: the adapter in PEFT format; the state holds only its parameters)
     OUTPUT/                       the final model, written through a staging directory;
                                   tokensft_train.json (with the run identity) last: the run is finished
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 
 from tokensft.core.errors import ConfigError, TokensftError
+from tokensft.train import lora
 
 STATE_FILE = "trainer_state.json"
 FINISHED_FILE = "tokensft_train.json"  # the final model's card, moved into OUTPUT last: its presence = finished
@@ -48,8 +50,19 @@ def run_identity(config, normalize: str, global_batch: int, total: int, data) ->
     return {**{name: getattr(config, name) for name in IDENTITY_FIELDS}, "normalize": normalize,
             "global_batch": global_batch, "total_steps": total,
             **({"weight": data.columns.weight} if data.columns.weight else {}),  # the column: prob^1 == weight_prob_pow_1
+            **_weight_source(data.columns.weight, meta),
+            **({"lora": {name: getattr(config, name) for name in lora.FIELDS}} if config.lora_r else {}),
             "data": {"input": meta.get("input", {}).get("fingerprint"), "scorer": meta.get("model", {}).get("content_hash"),
                      "columns": {k: v for k, v in vars(data.columns).items() if v and k != "weight"}}}
+
+
+def _weight_source(column: str | None, meta: dict) -> dict:
+    """What a computed --weight column's values came from (its spec, the teacher it read): a
+    re-enrichment under another teacher changes the values under the same name, and a resume must notice."""
+    record = meta.get("enrichment", {}).get("weights", {}).get(column) if column else None
+    if not record:
+        return {}
+    return {"weight_source": {"spec": record.get("spec"), "teacher": (record.get("teacher") or {}).get("content_hash")}}
 
 
 def differences(saved: dict, identity: dict) -> str:
@@ -131,21 +144,29 @@ def save_checkpoint(accelerator, module, tokenizer, output: Path, step: int, ide
     accelerator.wait_for_everyone()
 
 
-def save_final(accelerator, module, tokenizer, output: Path, info: dict, identity: dict) -> None:
+def save_final(accelerator, module, tokenizer, output: Path, info: dict, identity: dict, merge: bool = False) -> None:
     """The final model in OUTPUT, written to a staging directory first and moved in file by file,
     so every file in OUTPUT is complete whenever it is read (a kill here: rerun to redo it), and
     tokensft_train.json last: a run is finished once it is there. Only the model's files are moved:
-    OUTPUT's .tokensft/ (the locks), checkpoints/ and metrics are left as they are."""
+    OUTPUT's .tokensft/ (the locks), checkpoints/ and metrics are left as they are. A LoRA model: its
+    adapter, or with `merge` the merged model (tokensft.train.lora.save_model)."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         staging = output / ".final.tmp"
         if staging.exists():
             shutil.rmtree(staging)  # a killed run's partial save
         with _writing(output, "the final model", output, staging):
-            accelerator.unwrap_model(module).model.save_pretrained(staging, safe_serialization=True)
+            model = accelerator.unwrap_model(module).model
+            if lora.is_lora(model):
+                lora.save_model(model, staging, merge)
+            else:
+                model.save_pretrained(staging, safe_serialization=True)
             tokenizer.save_pretrained(staging)
             (staging / FINISHED_FILE).write_text(json.dumps({**info, "identity": identity}, indent=2))
+            lora.remove_stale(output, {f.name for f in staging.iterdir()})  # a full model after an adapter, or back
             for file in sorted(staging.iterdir(), key=lambda f: f.name == FINISHED_FILE):  # the marker last
+                if file.is_dir():
+                    shutil.rmtree(output / file.name, ignore_errors=True)  # OUTPUT/adapter: replaced whole
                 os.replace(file, output / file.name)
             staging.rmdir()
 

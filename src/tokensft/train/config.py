@@ -21,6 +21,8 @@ from tokensft.core.errors import ConfigError
 from tokensft.train.objectives import NORMALIZE, parse_objective
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+BATCHING = ("padded", "grouped")  # packed: not yet
+REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 
 
 @dataclass
@@ -53,6 +55,15 @@ class TrainConfig:
     save_every: int = 0
     keep_checkpoints: int = 2
     dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    gradient_checkpointing: bool = False  # the backbone's (the chunked loss recomputes its own chunks)
+    batching: str = "padded"  # grouped: each step's examples sorted by length before the micro-batch split
+    report_to: str = "none"  # an accelerate tracker besides metrics.jsonl
+    lora_r: int = 0  # 0: full fine-tuning; > 0: a LoRA adapter of this rank (tokensft.train.lora)
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str | None = None  # comma list; None: the attention and MLP projections
+    lora_base_bf16: bool = False  # the frozen base in bf16, the adapter in fp32
+    merge: bool = False  # LoRA: the final output is the merged full model (the adapter in OUTPUT/adapter)
     skip_invalid: bool = False
     overwrite: bool = False
     quiet: bool = False
@@ -104,6 +115,13 @@ class TrainConfig:
             raise ConfigError("the AdamW betas must be in [0, 1)")
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if self.batching not in BATCHING:
+            raise ConfigError(f"--batching {self.batching!r}: use one of {', '.join(BATCHING)}")
+        if self.report_to not in REPORT_TO:
+            raise ConfigError(f"--report-to {self.report_to!r}: use one of {', '.join(REPORT_TO)}")
+        from tokensft.train import lora  # no torch at import
+
+        lora.validate(self)
 
 
 DERIVED = ("data", "output", "total_steps", "world_size")  # in train_config.json; not settings of a --config file

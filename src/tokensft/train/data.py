@@ -23,7 +23,7 @@ import torch
 from tokensft.core.errors import ConfigError
 from tokensft.core.masks import parse_mask
 from tokensft.core.dataset import load, load_metadata
-from tokensft.core.schema import IGNORE_INDEX, PRIOR_COLUMNS, ref_column
+from tokensft.core.schema import FROM_PROMPT, IGNORE_INDEX, PRIOR_COLUMNS, ref_column
 from tokensft.train.objectives import Objective
 from tokensft.train.weighting import NEGATIVE_FIX, check_weights, weight_column, weight_tensor
 
@@ -52,6 +52,14 @@ def needed_columns(directory: str, objective: Objective, mask: str | None, ref: 
     cols = Columns()
     if weight:
         cols.weight = weight_column(directory, weight, names, meta or {})
+    if FROM_PROMPT in names:  # score --prompt-weight: prompt tokens are targets here, at their weight W
+        if objective.sequence_level:  # s would average prompt and response, s_ref (references) only the response
+            raise ConfigError(f"{directory}: poft compares each response's mean log-prob with the references'; this "
+                              "dataset has prompt targets (score --prompt-weight): re-score it without --prompt-weight")
+        if not weight:
+            raise ConfigError(f"{directory}: this dataset has prompt targets (score --prompt-weight) that only the "
+                              "data's weights keep at their prompt weight; pass --weight weight (or a product with it), "
+                              "or re-score without --prompt-weight")
     if mask:
         cols.mask = parse_mask(mask).column
         if cols.mask not in names:
@@ -140,6 +148,14 @@ class TrainData:
             take = min(size - len(out), n - offset)
             out.extend(order[offset:offset + take])
         return self.train_indices[np.array(out, dtype=np.int64)]
+
+    def lengths(self, indices) -> np.ndarray:
+        """(len(indices),) the rows' token counts (num_tokens)."""
+        return self.table.column("num_tokens").to_numpy()[np.asarray(indices, dtype=np.int64)]
+
+    def longest(self) -> int:
+        """The longest train example, in tokens: the padded length of the worst micro-batch."""
+        return int(self.lengths(self.train_indices).max())
 
     def check_context(self, limit: int | None, model: str) -> None:
         """A ConfigError when an example is longer than the model's context (position embeddings would overflow)."""

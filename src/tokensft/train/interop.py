@@ -155,8 +155,8 @@ def _float_logits(logits: torch.Tensor) -> torch.Tensor:
 class TokenSFTMixin:
     """Put in front of `transformers.Trainer` or a subclass (TRL's SFTTrainer): tokensft's loss.
 
-    Keyword arguments: objective (spec or Objective), normalize (default: the objective's own;
-    "weight-sum" with a weighted dataset), chunk_size. Weights (trainer_dataset(..., weight=NAME))
+    Keyword arguments: objective (spec or Objective), normalize (default: the objective's own, with
+    or without weights; "weight-sum" takes a weighted dataset), chunk_size. Weights (trainer_dataset(..., weight=NAME))
     multiply each target's loss as in `tokensft train --weight`. The batch comes from
     TokenSFTCollator; the rest is the Trainer's (optimizer, schedule, checkpoints, logging). The
     logged `loss` is the normalized step loss; `mean_p` and `kept_fraction` (and `poft_weight`) are

@@ -35,15 +35,19 @@ import torch
 
 from tokensft.core.errors import ConfigError
 from tokensft.core.fileio import atomic_write
-from tokensft.train import checkpoints
+from tokensft.core.schema import WEIGHT
+from tokensft.train import checkpoints, lora
 from tokensft.train.config import TrainConfig
 from tokensft.train.data import TrainData
 from tokensft.train.loss import Denominator, micro_batch_loss
+from tokensft.train.memory import enable_checkpointing, model_budget
 from tokensft.train.objectives import parse_objective
+from tokensft.train.optim import adamw
 from tokensft.train.output import check_output, locked
 from tokensft.train.step import STAT_KEYS, TrainingDiverged, check_finite, denominator, evaluate, micro_batches
 from tokensft.train.step import stack_stats, step_counts
 from tokensft.train.step import step_metrics as _metrics  # by this name: tests stop a run at its n-th step
+from tokensft.train.trackers import start_trackers, tracker_settings
 
 logger = logging.getLogger(__name__)
 __all__ = ["TrainingDiverged", "train"]
@@ -94,6 +98,11 @@ def train(config: TrainConfig) -> dict:
     normalize = config.normalize or objective.default_normalize
     data = TrainData(config.data, objective, config.mask, config.ref, config.eval_fraction, config.skip_invalid,
                      config.weight, config.allow_negative_weights)
+    if WEIGHT in data.table.column_names and config.weight is None and not config.quiet:
+        import sys  # a dataset may carry weights a run means to ignore: legal, but never silently
+
+        print(f"warning: {config.data} carries the data's loss weights (column weight); this run ignores them "
+              "(pass --weight weight to train with them)", file=sys.stderr)
     path, name = resolve_model_dir(config.model)
     tokenizer = load_tokenizer(path)
     if tokenizer_fingerprint(tokenizer, chat_template=False) != data.meta.get("token_fingerprint"):
@@ -106,8 +115,9 @@ def train(config: TrainConfig) -> dict:
     use_cuda = torch.cuda.is_available()
     # step_scheduler_with_optimizer=False: one schedule step per optimizer step whatever the process
     # count (accelerate would otherwise step it once per process, assuming a per-process data loader)
+    log_with, project_dir = tracker_settings(config.report_to, output)  # --report-to: a ConfigError if not installed
     accelerator = Accelerator(mixed_precision=_precision(config.dtype, use_cuda), cpu=not use_cuda,
-                              step_scheduler_with_optimizer=False)
+                              step_scheduler_with_optimizer=False, log_with=log_with, project_dir=project_dir)
     world = accelerator.num_processes
     global_batch = config.batch_size * config.grad_accum * world
     budget = config.max_steps * global_batch if config.max_steps else math.ceil(config.epochs * len(data.train_indices))
@@ -119,11 +129,17 @@ def train(config: TrainConfig) -> dict:
             return {"output": str(output), "steps": total, "metrics": last_metrics(output / "metrics.jsonl", total),
                     "normalize": normalize, "complete": True}
         set_seed(config.seed)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+        base_dtype = torch.bfloat16 if config.lora_base_bf16 else torch.float32  # --lora-base-bf16: the frozen base
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=base_dtype, local_files_only=True)
         model.config.use_cache = False
+        if config.gradient_checkpointing:  # the decoder layers recompute in backward (train mode: module.train() below)
+            enable_checkpointing(model)
+        if config.lora_r:  # a PeftModel: only the adapter trains, and checkpoints hold only it
+            model = lora.wrap(model, config)
+            lora.register_state_hooks(accelerator)
         module = ObjectiveModule(model, objective, normalize, config.chunk_size)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(config.beta1, config.beta2),
-                                      weight_decay=config.weight_decay)
+        optimizer, optimizer_impl = adamw(lora.trainable(model), accelerator.device, lr=config.learning_rate,
+                                          betas=(config.beta1, config.beta2), weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(total, math.ceil(config.warmup * total)))
         module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
         if config.overwrite and accelerator.is_main_process:
@@ -135,6 +151,11 @@ def train(config: TrainConfig) -> dict:
             with atomic_write(output / "train_config.json", "w", encoding="utf-8") as f:
                 settings = {k: v for k, v in asdict(config).items() if k != "overwrite"}  # read back by --config
                 json.dump({**settings, "normalize": normalize, "total_steps": total, "world_size": world}, f, indent=2)
+        start_trackers(accelerator, config.report_to, {**asdict(config), "normalize": normalize, "total_steps": total})
+        if not config.quiet and accelerator.is_main_process:  # before step 1: will it fit?
+            print(model_budget(accelerator.unwrap_model(module).model, config.batch_size, data.longest(),
+                               2 if accelerator.mixed_precision in ("bf16", "fp16") else 4,
+                               config.gradient_checkpointing)[1])
         log = StepLog(output / "metrics.jsonl", total, start, disable=config.quiet or not accelerator.is_main_process,
                       main=accelerator.is_main_process)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -148,7 +169,8 @@ def train(config: TrainConfig) -> dict:
         for step in range(start, total):
             began = time.perf_counter()
             drawn = data.step_indices(step, global_batch, config.seed, budget)
-            batches = micro_batches(data, drawn, accelerator.process_index, world, config.batch_size, pad_id)
+            batches = micro_batches(data, drawn, accelerator.process_index, world, config.batch_size, pad_id,
+                                    grouped=config.batching == "grouped")
             counts = accelerator.reduce(step_counts(batches, objective.sequence_level).to(accelerator.device),
                                         reduction="sum").tolist()  # targets, sequences, kept, weight sum
             step_denominator = denominator(counts, objective.online_kept, len(batches), world, rescale)
@@ -182,6 +204,8 @@ def train(config: TrainConfig) -> dict:
             totals["loss"] /= float(kept_total)
             last = _metrics(step + 1, total, totals, lr, float(grad_norm), time.perf_counter() - began, counts,
                             weighted=config.weight is not None)
+            if use_cuda:  # the run's peak so far, on this process's device (what the memory switches change)
+                last["peak_memory_gb"] = torch.cuda.max_memory_allocated(accelerator.device) / 1e9
             if totals["kept"] == 0:  # the step trained nothing (an online threshold kept no target): counted, not silent
                 log.zero_kept += 1
                 last.update(zero_kept=True, zero_kept_steps=log.zero_kept)
@@ -190,6 +214,8 @@ def train(config: TrainConfig) -> dict:
             if config.eval_every and (step + 1) % config.eval_every == 0 and len(data.eval_indices):
                 last.update(evaluate(module, data, config.batch_size, accelerator, pad_id))
             log.write(last)
+            if config.report_to != "none":
+                accelerator.log({k: v for k, v in last.items() if isinstance(v, (int, float))}, step=step + 1)
             if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < total:
                 checkpoints.save_checkpoint(accelerator, module, tokenizer, output, step + 1, identity,
                                             config.keep_checkpoints)
@@ -201,9 +227,10 @@ def train(config: TrainConfig) -> dict:
             "base_model": name, "data": config.data, "objective": config.objective, "mask": config.mask, "weight": data.columns.weight,
             "ref": config.ref,
             "train_examples": int(len(data.train_indices)), "eval_examples": int(len(data.eval_indices)),
-            "skipped_examples": data.skipped}, identity)
+            "skipped_examples": data.skipped, "optimizer": f"adamw ({optimizer_impl})",
+            **(lora.parameter_counts(model) if config.lora_r else {})}, identity, merge=config.merge)
         # destroy the process group (several processes): left to the interpreter's exit, gloo's threads
         # sometimes abort it ("terminate called without an active exception") after all the work is saved
         accelerator.end_training()
         return {"output": str(output), "steps": total, "metrics": last, "normalize": normalize,
-                "zero_kept_steps": log.zero_kept}
+                "zero_kept_steps": log.zero_kept, "optimizer": f"adamw ({optimizer_impl})"}

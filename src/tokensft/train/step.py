@@ -27,10 +27,16 @@ class TrainingDiverged(TokensftError):
     """A non-finite loss or gradient: training stopped, the last good checkpoint kept."""
 
 
-def micro_batches(data: TrainData, drawn, rank: int, world: int, batch_size: int, pad_id: int) -> list[dict]:
+def micro_batches(data: TrainData, drawn, rank: int, world: int, batch_size: int, pad_id: int,
+                  grouped: bool = False) -> list[dict]:
     """This process's micro-batches of the step's examples `drawn`. Every process gets the same number
     (a short last step pads with micro-batches without targets): under DDP, FSDP or DeepSpeed each
-    forward and backward is a collective, and a process with one fewer would hang the others."""
+    forward and backward is a collective, and a process with one fewer would hang the others.
+    grouped (--batching grouped): the step's examples sorted by length first (stable: ties keep the
+    drawn order), so each micro-batch holds similar lengths and pads less; the step's set of examples,
+    hence its global denominator and gradient (up to float rounding), is the same."""
+    if grouped:
+        drawn = drawn[data.lengths(drawn).argsort(kind="stable")]
     mine = drawn[rank::world]
     batches = [data.collate(mine[i:i + batch_size], pad_id) for i in range(0, len(mine), batch_size)]
     per_process = math.ceil(math.ceil(len(drawn) / world) / batch_size)

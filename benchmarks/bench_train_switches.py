@@ -1,0 +1,177 @@
+"""`tokensft train`'s memory switches: peak memory and step time of one training step with
+--gradient-checkpointing on and off (and, on CUDA, fused vs foreach AdamW), and the padding that
+--batching grouped removes.
+
+    python benchmarks/bench_train_switches.py [--seq-lens 512,1024] [--batch-size 4] [--layers 4 --hidden 256]
+    python benchmarks/bench_train_switches.py --hidden 1536 --layers 28 --heads 12 --kv-heads 2 \
+        --intermediate 8960 --vocab 151936 --seq-lens 2048,8192 --batch-size 1     # Qwen2.5-1.5B's shape (GPU)
+
+1. Step memory. A Llama from a config (default: bench_train's small one, hidden 256, 4 layers,
+   vocab 49,152, tied embeddings; random weights, fp32 weights, bf16 autocast on CUDA) and a
+   synthetic micro-batch of B x T tokens, the last 60% of each sequence targets. A step is the
+   trainer's: micro_batch_loss (the decoder, chunked lm_head at chunk 256, nll), backward, clip
+   1.0, AdamW (tokensft.train.optim.adamw, or the implementation forced), zero_grad. Each variant
+   runs in a fresh process: one warm-up step (AdamW's state is allocated there, as in any run
+   after its first step), then the measured step; peak is torch.cuda.max_memory_allocated above
+   what is allocated before the step on CUDA, else the process's peak RSS (VmHWM, reset before the
+   step) above its RSS before it, with glibc's mmap threshold at 64 KB (see bench_train). Both
+   count activations, gradients and the optimizer's temporaries; the weights and AdamW's state are
+   allocated before the step, hence not counted.
+2. Padding. Example lengths drawn from a GSM8K-like distribution (log-normal, median 220 tokens,
+   sigma 0.35) in global batches of 64, micro-batches of 4: the fraction of positions that are
+   padding under --batching padded (the drawn order) and grouped (sorted within the step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from bench_train import _status_mb, peak_rss_mb, reset_peak_rss
+
+
+def model_from(args, device):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                         num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+                         max_position_embeddings=max(int(t) for t in args.seq_lens.split(",")), tie_word_embeddings=True,
+                         use_cache=False)
+    with torch.device(device):  # initialized where it runs: a 1.5B model in seconds on a GPU, not a minute on CPU
+        return LlamaForCausalLM(config).float()
+
+
+def child(args) -> None:
+    """One variant (checkpointing, optimizer implementation, sequence length) in this fresh process; JSON out."""
+    import torch
+
+    from tokensft.train.loss import Denominator, count_batch, micro_batch_loss
+    from tokensft.train.memory import enable_checkpointing
+    from tokensft.train.objectives import parse_objective
+    from tokensft.train.optim import adamw
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    model = model_from(args, device)
+    if args.checkpointing:
+        enable_checkpointing(model)
+    model.train()
+    kwargs = {"lr": 1e-5, "betas": (0.9, 0.95), "weight_decay": 0.01}
+    if args.optimizer == "auto":
+        optimizer, impl = adamw(model.parameters(), device, **kwargs)
+    else:
+        impl = args.optimizer
+        optimizer = torch.optim.AdamW(model.parameters(), **{"fused": {"fused": True}, "foreach": {"foreach": True},
+                                                              "single-tensor": {"foreach": False}}[impl], **kwargs)
+    nll = parse_objective("nll")
+
+    def batch(t: int) -> dict:
+        g = torch.Generator().manual_seed(t)
+        ids = torch.randint(0, args.vocab, (args.batch_size, t), generator=g)
+        labels = torch.full_like(ids, -100)
+        labels[:, int(0.4 * t):] = ids[:, int(0.4 * t):]
+        return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+
+    def step(b: dict) -> float:
+        c = count_batch(b)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            loss, _ = micro_batch_loss(model, b, nll, "all-targets", Denominator(c["targets"], c["sequences"], c["kept"], 1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss)
+
+    step(batch(64))  # warm-up: AdamW's state, kernels, thread pools
+    measured = batch(args.seq_len)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        reset_peak_rss()
+        before = _status_mb("VmRSS")
+    began = time.perf_counter()
+    loss = step(measured)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - began
+    peak = (torch.cuda.max_memory_allocated() - before) / 2**20 if cuda else peak_rss_mb() - before
+    print(json.dumps({"peak_mb": peak, "seconds": seconds, "loss": loss, "optimizer": impl, "device": device.type,
+                      "params": sum(p.numel() for p in model.parameters())}))
+
+
+def padding(seed: int = 0, steps: int = 200, global_batch: int = 64, micro: int = 4) -> dict:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for mode in ("padded", "grouped"):
+        real = padded = 0
+        for s in range(steps):
+            lengths = np.random.default_rng([seed, s]).lognormal(np.log(220), 0.35, global_batch).astype(int) + 1
+            if mode == "grouped":
+                lengths = np.sort(lengths, kind="stable")
+            for i in range(0, global_batch, micro):
+                chunk = lengths[i:i + micro]
+                real, padded = real + chunk.sum(), padded + chunk.max() * len(chunk)
+        out[mode] = {"padding_fraction": 1 - real / padded, "padding_over_real": (padded - real) / real}
+    del rng
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seq-lens", default="512,1024")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--intermediate", type=int, default=768)
+    p.add_argument("--vocab", type=int, default=49152)
+    p.add_argument("--optimizers", default="auto", help="comma-separated: auto, fused, foreach, single-tensor")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--optimizer", default="auto", help=argparse.SUPPRESS)
+    p.add_argument("--seq-len", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        return child(args)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    shape = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
+             ("seq_lens", "batch_size", "layers", "hidden", "heads", "kv_heads", "intermediate", "vocab")]
+    print(f"1. one training step's peak memory, batch {args.batch_size}, hidden {args.hidden}, {args.layers} layers, "
+          f"vocab {args.vocab:,} (each in a fresh process)", flush=True)
+    results = {}
+    for t in [int(x) for x in args.seq_lens.split(",")]:
+        for opt in args.optimizers.split(","):
+            for ckpt in (False, True):
+                cmd = [sys.executable, __file__, "--child", *shape, f"--seq-len={t}", f"--optimizer={opt}",
+                       *(["--checkpointing"] if ckpt else [])]
+                done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+                if done.returncode:
+                    print(f"  T={t} {opt} ckpt={ckpt}: failed\n{done.stderr[-2000:]}", flush=True)
+                    continue
+                r = results[(t, opt, ckpt)] = json.loads(done.stdout.strip().splitlines()[-1])
+                base = results.get((t, opt, False))
+                ratio = f"  {r['peak_mb'] / base['peak_mb']:.2f}x / {r['seconds'] / base['seconds']:.2f}x of off" if ckpt and base else ""
+                print(f"  T={t:<5} adamw {r['optimizer']:<13} checkpointing {'on ' if ckpt else 'off'} peak "
+                      f"{r['peak_mb']:8.0f} MB  step {r['seconds']:6.2f} s  loss {r['loss']:.5f}{ratio}", flush=True)
+    device = next(iter(results.values()))["device"] if results else "?"
+    print(f"  ({device}: {'torch.cuda.max_memory_allocated' if device == 'cuda' else 'peak RSS'} above the weights "
+          f"and AdamW state; {next(iter(results.values()))['params'] / 1e6 if results else 0:.0f}M parameters)")
+    pad = padding()
+    print("2. padding, GSM8K-like lengths (log-normal, median 220), global batch 64, micro-batches of 4: "
+          + ", ".join(f"{m} {r['padding_fraction']:.1%} of positions ({r['padding_over_real']:.2f}x the real tokens)"
+                      for m, r in pad.items()))
+
+
+if __name__ == "__main__":
+    main()
