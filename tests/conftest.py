@@ -145,11 +145,16 @@ def run_processes(cmd: list[str], env: dict | None = None, timeout: float = 300)
     """subprocess.run for a multi-process launch (accelerate launch): on timeout the whole process
     group is killed, so a hung rank fails the test instead of holding the output pipes open forever
     (subprocess.run kills only the launcher, and its children keep the pipes)."""
+    import psutil  # a dependency of accelerate
+
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        # the ranks may sit in process groups of their own: kill every descendant, then the launcher
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         err += f"\n(killed after {timeout} s: a rank hung)"

@@ -37,12 +37,13 @@ def add(sub) -> None:
 
 def run(args) -> int:
     from tokensft.train.config import TrainConfig, settings_file
-    from tokensft.train.loop import train
+    from tokensft.train.loop import exit_processes, train
 
     settings = settings_file(args.config) if args.config else {}
     settings.update(given(args, TrainConfig, exclude=("data", "output")))
     summary = train(TrainConfig(data=args.data, output=args.output, **settings))
     print(console.train_line(summary))
+    exit_processes()  # several processes: all leave together, skipping gloo's teardown
     return 0
 
 

@@ -50,7 +50,25 @@ from tokensft.train.step import step_metrics as _metrics  # by this name: tests 
 from tokensft.train.trackers import start_trackers, tracker_settings
 
 logger = logging.getLogger(__name__)
-__all__ = ["TrainingDiverged", "train"]
+__all__ = ["TrainingDiverged", "exit_processes", "train"]
+_KEPT: list = []  # a multi-process run's DDP module and accelerator, never torn down (see the end of train)
+
+
+def exit_processes() -> None:
+    """After a multi-process run has printed its line: every rank meets, then exits at once, skipping
+    the interpreter's teardown of the process group (which can hang or abort under gloo). A single
+    process returns and exits normally."""
+    import os
+    import sys
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    dist.barrier()  # no rank leaves while another still needs the group
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _precision(dtype: str, use_cuda: bool) -> str:
@@ -229,8 +247,12 @@ def train(config: TrainConfig) -> dict:
             "train_examples": int(len(data.train_indices)), "eval_examples": int(len(data.eval_indices)),
             "skipped_examples": data.skipped, "optimizer": f"adamw ({optimizer_impl})",
             **(lora.parameter_counts(model) if config.lora_r else {})}, identity, merge=config.merge)
-        # destroy the process group (several processes): left to the interpreter's exit, gloo's threads
-        # sometimes abort it ("terminate called without an active exception") after all the work is saved
+        # Several processes: gloo's teardown can hang (a rank's ~ProcessGroupGloo joins threads forever
+        # once its peer has exited) or abort ("terminate called without an active exception"), after
+        # all the work is saved. So the DDP module (whose Reducer holds the group) is kept alive here,
+        # and `exit_processes` ends every rank together, without the teardown.
+        if world > 1:
+            _KEPT.append((module, optimizer, accelerator))
         accelerator.end_training()
         return {"output": str(output), "steps": total, "metrics": last, "normalize": normalize,
                 "zero_kept_steps": log.zero_kept, "optimizer": f"adamw ({optimizer_impl})"}
