@@ -2,6 +2,7 @@
 
     python benchmarks/continuum.py --out /tmp/continuum              # the full run (target: <= 60 min on 2 CPU cores)
     python benchmarks/continuum.py --out /tmp/continuum --quick      # 1 seed, 2 arms, fewer steps: a smoke run
+    python benchmarks/continuum.py --out /tmp/c3 --regimes strong --strong-epochs 3   # the README's variant
 
 A killed run resumes: every step is a tokensft command that skips finished work.
 
