@@ -39,7 +39,7 @@ from tokensft.evaluate.answers import parse_metric
 from tokensft.evaluate.config import EvalConfig
 from tokensft.preprocess.formats import Example, to_example
 from tokensft.preprocess.output import changed_keys
-from tokensft.preprocess.readers import count_rows, detect_kind, input_fingerprint, iter_rows
+from tokensft.preprocess.readers import count_rows, detect_kind, input_fingerprint, iter_rows, pending_chunks
 from tokensft.preprocess.render import Renderer
 from tokensft.preprocess.run import detect_record_format, validate_rows
 
@@ -198,19 +198,8 @@ def _generate_chunks(config, kind, fmt, renderer, limit, loaded, metric, directo
     stops = stop_ids(loaded.tokenizer, renderer, getattr(generation, "eos_token_id", None))
     progress = Progress(total_rows=sum(min(config.shard_size, num_rows - k * config.shard_size) for k in pending),
                         disable=config.quiet, desc="generating", rate="new tok/s")
-    rows, current = [], None
-    for row in iter_rows(config.input, kind=kind):
-        k = row.index // config.shard_size
-        if k != current and rows:
-            counts.merge(_generate_chunk(config, fmt, renderer, limit, loaded, metric, stops, directory, current, rows,
-                                         progress))
-            rows = []
-        current = k
-        if k in pending:
-            rows.append(row)
-    if rows:
-        counts.merge(_generate_chunk(config, fmt, renderer, limit, loaded, metric, stops, directory, current, rows,
-                                         progress))
+    for k, rows in pending_chunks(iter_rows(config.input, kind=kind), config.shard_size, pending):
+        counts.merge(_generate_chunk(config, fmt, renderer, limit, loaded, metric, stops, directory, k, rows, progress))
     for k in sorted(k for k in pending if not _part(directory, k).is_file()):  # chunks the input never filled
         _write_part(directory, k, [], Counts(read=0, evaluated=0, skipped={}))
     progress.close()

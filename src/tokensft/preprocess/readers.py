@@ -74,6 +74,23 @@ def detect_kind(path: str | Path) -> str:
     return kind
 
 
+def pending_chunks(rows: Iterable[SourceRow], shard_size: int, pending: set[int]) -> Iterator[tuple[int, list[SourceRow]]]:
+    """(k, its rows) for each chunk k in `pending` that has rows (chunk k: rows [k*S, (k+1)*S)), from one
+    pass over `rows` in order; chunks not pending are read past, never held."""
+    chunk: list[SourceRow] = []
+    current = None
+    for row in rows:
+        k = row.index // shard_size
+        if k != current and chunk:
+            yield current, chunk
+            chunk = []
+        current = k
+        if k in pending:
+            chunk.append(row)
+    if chunk:
+        yield current, chunk
+
+
 def iter_rows(path: str | Path, kind: str | None = None) -> Iterator[SourceRow]:
     """Yield every record of `path` in order. `kind` overrides detection (the --input-format flag).
 

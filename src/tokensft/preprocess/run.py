@@ -37,7 +37,8 @@ from tokensft.core.locks import OutputLock, RankLock, rank_locked
 from tokensft.preprocess import output
 from tokensft.preprocess.formats import detect_format, to_example
 from tokensft.core.progress import Progress
-from tokensft.preprocess.readers import SourceRow, count_rows, detect_kind, display_name, input_fingerprint, iter_rows
+from tokensft.preprocess.readers import (SourceRow, count_rows, detect_kind, display_name, input_fingerprint, iter_rows,
+                                         pending_chunks)
 from tokensft.preprocess.render import Renderer
 from tokensft.preprocess.scorer import Scorer
 from tokensft.preprocess.config import ScoreConfig
@@ -187,20 +188,8 @@ def _score_chunks(config, kind, fmt, renderer, scorer, schema, directory, pendin
     totals = scoring_counts(renderer.weighted)
     rows_todo = sum(min(config.shard_size, num_rows - k * config.shard_size) for k in pending)
     progress = Progress(total_rows=rows_todo, disable=config.quiet)
-    chunk_rows: list[SourceRow] = []
-    current = None
-    for row in iter_rows(config.input, kind=kind):
-        k = row.index // config.shard_size
-        if k != current and chunk_rows:
-            totals.merge(_score_chunk(config, fmt, rules, renderer, scorer, schema, directory, current, chunk_rows,
-                                      progress))
-            chunk_rows = []
-        current = k
-        if k in pending:
-            chunk_rows.append(row)
-    if chunk_rows:
-        totals.merge(_score_chunk(config, fmt, rules, renderer, scorer, schema, directory, current, chunk_rows,
-                                      progress))
+    for k, chunk_rows in pending_chunks(iter_rows(config.input, kind=kind), config.shard_size, pending):
+        totals.merge(_score_chunk(config, fmt, rules, renderer, scorer, schema, directory, k, chunk_rows, progress))
     for k in sorted(pending - output.finished_chunks(directory)):
         # the row count promised rows this chunk never got (e.g. a line only of odd whitespace):
         # an empty shard keeps the output finishable, and the counts show what was read
