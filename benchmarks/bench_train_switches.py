@@ -17,9 +17,10 @@
    step) above its RSS before it, with glibc's mmap threshold at 64 KB (see bench_train). Both
    count activations, gradients and the optimizer's temporaries; the weights and AdamW's state are
    allocated before the step, hence not counted.
-2. Padding. Example lengths drawn from a GSM8K-like distribution (log-normal, median 220 tokens,
-   sigma 0.35) in global batches of 64, micro-batches of 4: the fraction of positions that are
-   padding under --batching padded (the drawn order) and grouped (sorted within the step).
+2. Padding. GSM8K's records (--gsm8k, default ../shared/data/gsm8k/test.jsonl) rendered as score
+   renders them, one epoch drawn as train draws it, micro-batches of 4, global batches of 8 to 64:
+   padding tokens per real token under --batching padded (the drawn order) and grouped (sorted
+   within the step).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import numpy as np
 
 from bench_train import _status_mb, peak_rss_mb, reset_peak_rss
 
@@ -107,22 +111,34 @@ def child(args) -> None:
                       "params": sum(p.numel() for p in model.parameters())}))
 
 
-def padding(seed: int = 0, steps: int = 200, global_batch: int = 64, micro: int = 4) -> dict:
-    import numpy as np
+def gsm8k_lengths(path: Path, model: str) -> np.ndarray:
+    """Token counts of GSM8K records rendered exactly as `tokensft score` renders them (chat template)."""
+    from tokensft.core.models import load_tokenizer, resolve_model_dir
+    from tokensft.preprocess.formats import FormatSpec, to_example
+    from tokensft.preprocess.render import Renderer
 
-    rng = np.random.default_rng(seed)
+    render = Renderer(load_tokenizer(resolve_model_dir(model)[0]))
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return np.array([len(render(to_example(r, FormatSpec(), "gsm8k", "prompt-response"), "gsm8k").input_ids)
+                     for r in records])
+
+
+def padding(lengths: np.ndarray, global_batch: int, micro: int = 4, seed: int = 0) -> dict:
+    """Padding of one epoch drawn as `tokensft train` draws it (TrainData.step_indices: a permutation
+    from (seed, epoch)), split as `train.step.micro_batches` splits a step: padded in the drawn order,
+    grouped after a stable sort by length (one process)."""
+    order = np.random.default_rng([seed, 0]).permutation(len(lengths))
     out = {}
     for mode in ("padded", "grouped"):
         real = padded = 0
-        for s in range(steps):
-            lengths = np.random.default_rng([seed, s]).lognormal(np.log(220), 0.35, global_batch).astype(int) + 1
+        for start in range(0, len(order), global_batch):
+            step = lengths[order[start:start + global_batch]]
             if mode == "grouped":
-                lengths = np.sort(lengths, kind="stable")
-            for i in range(0, global_batch, micro):
-                chunk = lengths[i:i + micro]
+                step = step[step.argsort(kind="stable")]
+            for i in range(0, len(step), micro):
+                chunk = step[i:i + micro]
                 real, padded = real + chunk.sum(), padded + chunk.max() * len(chunk)
-        out[mode] = {"padding_fraction": 1 - real / padded, "padding_over_real": (padded - real) / real}
-    del rng
+        out[mode] = (padded - real) / real  # padding tokens per real token
     return out
 
 
@@ -137,6 +153,10 @@ def main() -> None:
     p.add_argument("--intermediate", type=int, default=768)
     p.add_argument("--vocab", type=int, default=49152)
     p.add_argument("--optimizers", default="auto", help="comma-separated: auto, fused, foreach, single-tensor")
+    p.add_argument("--gsm8k", default=str(Path(__file__).resolve().parents[2] / "shared/data/gsm8k/test.jsonl"),
+                   help="GSM8K JSONL whose lengths the padding part uses")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="whose tokenizer and template render it")
+    p.add_argument("--skip-memory", action="store_true", help="only the padding part")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--optimizer", default="auto", help=argparse.SUPPRESS)
@@ -147,30 +167,38 @@ def main() -> None:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     shape = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
              ("seq_lens", "batch_size", "layers", "hidden", "heads", "kv_heads", "intermediate", "vocab")]
-    print(f"1. one training step's peak memory, batch {args.batch_size}, hidden {args.hidden}, {args.layers} layers, "
-          f"vocab {args.vocab:,} (each in a fresh process)", flush=True)
-    results = {}
-    for t in [int(x) for x in args.seq_lens.split(",")]:
-        for opt in args.optimizers.split(","):
-            for ckpt in (False, True):
-                cmd = [sys.executable, __file__, "--child", *shape, f"--seq-len={t}", f"--optimizer={opt}",
-                       *(["--checkpointing"] if ckpt else [])]
-                done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-                if done.returncode:
-                    print(f"  T={t} {opt} ckpt={ckpt}: failed\n{done.stderr[-2000:]}", flush=True)
-                    continue
-                r = results[(t, opt, ckpt)] = json.loads(done.stdout.strip().splitlines()[-1])
-                base = results.get((t, opt, False))
-                ratio = f"  {r['peak_mb'] / base['peak_mb']:.2f}x / {r['seconds'] / base['seconds']:.2f}x of off" if ckpt and base else ""
-                print(f"  T={t:<5} adamw {r['optimizer']:<13} checkpointing {'on ' if ckpt else 'off'} peak "
-                      f"{r['peak_mb']:8.0f} MB  step {r['seconds']:6.2f} s  loss {r['loss']:.5f}{ratio}", flush=True)
-    device = next(iter(results.values()))["device"] if results else "?"
-    print(f"  ({device}: {'torch.cuda.max_memory_allocated' if device == 'cuda' else 'peak RSS'} above the weights "
-          f"and AdamW state; {next(iter(results.values()))['params'] / 1e6 if results else 0:.0f}M parameters)")
-    pad = padding()
-    print("2. padding, GSM8K-like lengths (log-normal, median 220), global batch 64, micro-batches of 4: "
-          + ", ".join(f"{m} {r['padding_fraction']:.1%} of positions ({r['padding_over_real']:.2f}x the real tokens)"
-                      for m, r in pad.items()))
+    if not args.skip_memory:
+        print(f"1. one training step's peak memory, batch {args.batch_size}, hidden {args.hidden}, {args.layers} layers, "
+              f"vocab {args.vocab:,} (each in a fresh process)", flush=True)
+        results = {}
+        for t in [int(x) for x in args.seq_lens.split(",")]:
+            for opt in args.optimizers.split(","):
+                for ckpt in (False, True):
+                    cmd = [sys.executable, __file__, "--child", *shape, f"--seq-len={t}", f"--optimizer={opt}",
+                           *(["--checkpointing"] if ckpt else [])]
+                    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+                    if done.returncode:
+                        print(f"  T={t} {opt} ckpt={ckpt}: failed\n{done.stderr[-2000:]}", flush=True)
+                        continue
+                    r = results[(t, opt, ckpt)] = json.loads(done.stdout.strip().splitlines()[-1])
+                    base = results.get((t, opt, False))
+                    ratio = f"  {r['peak_mb'] / base['peak_mb']:.2f}x / {r['seconds'] / base['seconds']:.2f}x of off" if ckpt and base else ""
+                    print(f"  T={t:<5} adamw {r['optimizer']:<13} checkpointing {'on ' if ckpt else 'off'} peak "
+                          f"{r['peak_mb']:8.0f} MB  step {r['seconds']:6.2f} s  loss {r['loss']:.5f}{ratio}", flush=True)
+        device = next(iter(results.values()))["device"] if results else "?"
+        print(f"  ({device}: {'torch.cuda.max_memory_allocated' if device == 'cuda' else 'peak RSS'} above the weights "
+              f"and AdamW state; {next(iter(results.values()))['params'] / 1e6 if results else 0:.0f}M parameters)")
+    data = Path(args.gsm8k)
+    if not data.is_file():
+        print(f"2. padding: no GSM8K file at {data} (--gsm8k PATH); skipped")
+        return
+    lengths = gsm8k_lengths(data, args.model)
+    print(f"2. padding on {data.name} ({len(lengths):,} records, median {int(np.median(lengths))} tokens, rendered for "
+          f"{args.model}), micro-batches of 4, padding tokens per real token:")
+    for global_batch in (8, 16, 32, 64):
+        pad = padding(lengths, global_batch)
+        print(f"  global batch {global_batch:>2}: padded {pad['padded']:.3f}x, grouped {pad['grouped']:.3f}x "
+              f"({1 - pad['grouped'] / pad['padded']:.0%} removed)")
 
 
 if __name__ == "__main__":
