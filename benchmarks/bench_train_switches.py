@@ -20,7 +20,17 @@
 2. Padding. GSM8K's records (--gsm8k, default ../shared/data/gsm8k/test.jsonl) rendered as score
    renders them, one epoch drawn as train draws it, micro-batches of 4, global batches of 8 to 64:
    padding tokens per real token under --batching padded (the drawn order) and grouped (sorted
-   within the step).
+   within the step); packed has none.
+3. Step time by batching (--batching-steps N, default 8; 0 skips). The same rendered GSM8K records
+   (real token ids and labels), the model of part 1, global batch 16 in micro-batches of 4, the
+   trainer's own batches (TrainData.collate's collate_rows, train.packing.pack, the step's sort)
+   and step (micro_batch_loss nll per micro-batch, backward, clip, AdamW). The first N steps of the
+   epoch; in each, padded, grouped, packed and packed-mask each take the step, in an order rotated
+   every step (drift hits all alike), after one warm-up step each. packed is what `tokensft train
+   --batching packed` runs on such a model (SDPA on each packed sequence alone, train.packing.VARLEN);
+   packed-mask is transformers' own way, SDPA over the whole row under a dense block-diagonal mask.
+   Reported: targets per second over the N steps and its ratio to padded's. Example: the
+   SmolLM2-135M shape, `--hidden 576 --layers 30 --heads 9 --kv-heads 3 --intermediate 1536`.
 """
 
 from __future__ import annotations
@@ -123,6 +133,82 @@ def gsm8k_lengths(path: Path, model: str) -> np.ndarray:
                      for r in records])
 
 
+def gsm8k_rows(path: Path, model: str):
+    """GSM8K rendered as `tokensft score` renders it: a pyarrow table of id, input_ids, labels."""
+    import pyarrow as pa
+
+    from tokensft.core.models import load_tokenizer, resolve_model_dir
+    from tokensft.preprocess.formats import FormatSpec, to_example
+    from tokensft.preprocess.render import Renderer
+
+    render = Renderer(load_tokenizer(resolve_model_dir(model)[0]))
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rendered = [render(to_example(r, FormatSpec(), "gsm8k", "prompt-response"), "gsm8k") for r in records]
+    return pa.table({"id": [str(i) for i in range(len(rendered))], "input_ids": [list(r.input_ids) for r in rendered],
+                     "labels": [list(r.labels) for r in rendered]})
+
+
+def batching_speed(args, table, steps: int, global_batch: int = 16, micro: int = 4) -> dict:
+    """Targets per second of `steps` optimizer steps under each --batching (see the module doc, part 3)."""
+    import pyarrow as pa
+    import torch
+
+    from tokensft.train.data import Columns, collate_rows
+    from tokensft.train.loss import Denominator, count_batch, micro_batch_loss
+    from tokensft.train.objectives import parse_objective
+    from tokensft.train.optim import adamw
+    from tokensft.train.packing import VARLEN, pack, use_varlen
+
+    args.seq_lens = str(max(len(x) for x in table.column("input_ids").to_pylist()))  # max positions
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model_from(args, device)
+    model.train()
+    assert use_varlen(model)  # registers VARLEN; each mode sets the attention it trains with below
+    attention = {"padded": "sdpa", "grouped": "sdpa", "packed": VARLEN, "packed-mask": "sdpa"}
+    optimizer, _ = adamw(model.parameters(), device, lr=1e-5, betas=(0.9, 0.95), weight_decay=0.01)
+    lengths = np.array([len(x) for x in table.column("input_ids").to_pylist()])
+    order = np.random.default_rng([0, 0]).permutation(len(lengths))
+    nll = parse_objective("nll")
+
+    def batches(drawn: np.ndarray, mode: str) -> list[dict]:
+        if mode == "grouped":
+            drawn = drawn[lengths[drawn].argsort(kind="stable")]
+        out = [collate_rows(table.take(pa.array(drawn[i:i + micro])), Columns(), 0) for i in range(0, len(drawn), micro)]
+        return [pack(b) for b in out] if mode.startswith("packed") else out
+
+    def step(bs: list[dict]) -> int:
+        counts = [count_batch(b) for b in bs]
+        d = Denominator(sum(c["targets"] for c in counts), sum(c["sequences"] for c in counts), None, len(bs))
+        for b in bs:
+            b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss, _ = micro_batch_loss(model, b, nll, "all-targets", d)
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return int(sum(c["targets"] for c in counts))
+
+    modes = ("padded", "grouped", "packed", "packed-mask")
+    seconds, targets, positions = dict.fromkeys(modes, 0.0), dict.fromkeys(modes, 0), dict.fromkeys(modes, 0)
+    for mode in modes:
+        model.set_attn_implementation(attention[mode])
+        step(batches(order[:global_batch], mode))  # warm-up
+    for n in range(steps):
+        drawn = order[(n + 1) * global_batch:(n + 2) * global_batch]
+        for mode in modes[n % len(modes):] + modes[:n % len(modes)]:
+            model.set_attn_implementation(attention[mode])
+            bs = batches(drawn, mode)
+            began = time.perf_counter()
+            targets[mode] += step(bs)
+            seconds[mode] += time.perf_counter() - began
+            positions[mode] += sum(int(b["input_ids"].numel()) for b in bs)
+    assert len(set(targets.values())) == 1  # each trained the same targets
+    return {m: {"targets_per_s": targets[m] / seconds[m], "positions": positions[m], "targets": targets[m]} for m in modes}
+
+
 def padding(lengths: np.ndarray, global_batch: int, micro: int = 4, seed: int = 0) -> dict:
     """Padding of one epoch drawn as `tokensft train` draws it (TrainData.step_indices: a permutation
     from (seed, epoch)), split as `train.step.micro_batches` splits a step: padded in the drawn order,
@@ -156,7 +242,8 @@ def main() -> None:
     p.add_argument("--gsm8k", default=str(Path(__file__).resolve().parents[2] / "shared/data/gsm8k/test.jsonl"),
                    help="GSM8K JSONL whose lengths the padding part uses")
     p.add_argument("--model", default="smollm2-135m-instruct", help="whose tokenizer and template render it")
-    p.add_argument("--skip-memory", action="store_true", help="only the padding part")
+    p.add_argument("--skip-memory", action="store_true", help="skip part 1 (memory)")
+    p.add_argument("--batching-steps", type=int, default=8, help="part 3's timed steps per batching (0: skip part 3)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--optimizer", default="auto", help=argparse.SUPPRESS)
@@ -198,7 +285,15 @@ def main() -> None:
     for global_batch in (8, 16, 32, 64):
         pad = padding(lengths, global_batch)
         print(f"  global batch {global_batch:>2}: padded {pad['padded']:.3f}x, grouped {pad['grouped']:.3f}x "
-              f"({1 - pad['grouped'] / pad['padded']:.0%} removed)")
+              f"({1 - pad['grouped'] / pad['padded']:.0%} removed), packed 0")
+    if args.batching_steps:
+        speed = batching_speed(args, gsm8k_rows(data, args.model), args.batching_steps)
+        base = speed["padded"]
+        print(f"3. step time by --batching: {args.batching_steps} steps of global batch 16 (micro-batches of 4) on "
+              f"{data.name}, hidden {args.hidden}, {args.layers} layers, {speed['padded']['targets']:,} targets each:")
+        for mode, r in speed.items():
+            print(f"  {mode:<11} {r['targets_per_s']:8.0f} targets/s  {r['targets_per_s'] / base['targets_per_s']:.2f}x "
+                  f"padded's; {r['positions']:,} positions computed ({r['positions'] / base['positions']:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# GPU checks of tokensft, one script, offline, about 6-8 minutes on one GPU:
+# GPU checks of tokensft, one script, offline, about 7-8 minutes on one GPU:
 #   1. a >=1B-parameter model from Qwen2.5-1.5B's config, random weights (bf16 safetensors), with a
 #      tokenizer built here, and a generated dataset of 48 chats of ~300-3,000 tokens
 #   2. scoring in bf16 vs fp32: agreement of the per-token log-probs, and the time of each
 #   3. bench_score at 8k-token batches on that model: tokensft score's throughput vs a bare forward
-#   4. training bf16 with each memory switch (none, --gradient-checkpointing, --batching grouped,
-#      both): step time and peak memory (metrics.jsonl's peak_memory_gb), 3 steps of 2 x 2 micro-batches
+#   4. training bf16 with each memory switch (none, --gradient-checkpointing, --batching grouped or
+#      packed, with and without checkpointing; packed on flash-attention too when flash_attn is
+#      installed): step time and peak memory (metrics.jsonl's peak_memory_gb), 3 steps of 2 x 2 micro-batches
 #   5. bench_train_switches at Qwen2.5-1.5B's shape, 2k and 8k tokens: checkpointing on/off, fused
 #      vs foreach AdamW; bench_train's loss memory at 8k tokens and hidden 1536
 #
@@ -105,7 +106,9 @@ timeout 150 "$PY" benchmarks/bench_score.py --data "$WORK/data.jsonl" --model "$
     --batch-tokens 8192 --methods bare,score,score-8k || echo "bench_score failed or timed out"
 
 stage "4. training bf16 with each memory switch (3 steps, batch 2 x grad-accum 2)"
-for switches in "" "--gradient-checkpointing" "--batching grouped" "--gradient-checkpointing --batching grouped"; do
+FLASH=$("$PY" -c "import flash_attn" 2>/dev/null && echo "--attn-implementation flash_attention_2")
+for switches in "" "--gradient-checkpointing" "--batching grouped" "--gradient-checkpointing --batching grouped" \
+        "--batching packed" "--gradient-checkpointing --batching packed" ${FLASH:+"--batching packed $FLASH"}; do
     name=$(echo "run $switches" | tr -c 'a-z0-9\n' '_')
     # shellcheck disable=SC2086
     timeout 150 "$PY" -m tokensft train "$WORK/scored-bfloat16" -o "$WORK/$name" --model "$WORK/model" --max-steps 3 \
@@ -122,7 +125,7 @@ done
 
 stage "5. bench_train_switches at Qwen2.5-1.5B's shape; bench_train's loss memory at 8k tokens"
 # shellcheck disable=SC2086
-timeout 240 "$PY" benchmarks/bench_train_switches.py $SHAPE --optimizers "$([ "$SMOKE" = 1 ] && echo auto || echo fused,foreach)" \
+timeout 240 "$PY" benchmarks/bench_train_switches.py $SHAPE --batching-steps 0 --optimizers "$([ "$SMOKE" = 1 ] && echo auto || echo fused,foreach)" \
     || echo "bench_train_switches failed or timed out"
 timeout 60 "$PY" benchmarks/bench_train.py --parts memory --mem-seq "$([ "$SMOKE" = 1 ] && echo 256 || echo 8192)" --mem-hidden 1536 \
     || echo "bench_train memory failed or timed out"

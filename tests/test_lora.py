@@ -1,24 +1,28 @@
 """LoRA (`tokensft train --lora-r`): the chunked loss through the PEFT wrapper equals a naive full-logits
-loss, in value and in the adapter's gradients; only the adapter trains; resume is exact; --merge
+loss, in value and in the adapter's gradients, in `tokensft train` and in TokenSFTTrainer on a peft
+model; only the adapter trains; resume is exact; two processes train the adapter one does; --merge
 writes a model that from_pretrained loads and `tokensft score` rescores; bad flags are one line."""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import dies_on_call
+from conftest import dies_on_call, run_processes
 from safetensors.torch import load_file
 from test_enrich import scored
 from test_train import enriched, losses, train_cli  # noqa: F401  (enriched: a fixture)
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, TrainingArguments
 
 from tokensft.cli import main
 from tokensft.train import loop, lora
 from tokensft.train.config import TrainConfig
 from tokensft.train.data import TrainData
+from tokensft.train.interop import TokenSFTCollator, TokenSFTTrainer, trainer_dataset
 from tokensft.train.loss import Denominator, count_batch, micro_batch_loss
 from tokensft.train.objectives import parse_objective
 
@@ -209,3 +213,90 @@ def test_overwrite_never_leaves_an_adapter_beside_a_full_model(enriched, tiny_di
     assert not (out / "adapter_config.json").exists() and not (out / "adapter_model.safetensors").exists()
     assert train_cli(enriched, out, tiny_dirs["bpe"], "--max-steps", "1", "--overwrite") == 0
     assert not (out / "adapter").exists() and (out / "model.safetensors").is_file()
+
+
+def test_merge_added_to_a_finished_adapter_run_merges_without_training(enriched, tiny_dirs, tmp_path, monkeypatch):  # noqa: F811
+    args = [*LORA, "--max-steps", "2", "--lr", "1e-2"]
+    assert train_cli(enriched, tmp_path / "direct", tiny_dirs["bpe"], *args, "--merge") == 0
+    out = tmp_path / "later"
+    assert train_cli(enriched, out, tiny_dirs["bpe"], *args) == 0
+    metrics_before = (out / "metrics.jsonl").read_text()
+    monkeypatch.setattr(loop, "micro_batches", lambda *a, **k: pytest.fail("a merge must not train"))
+    assert train_cli(enriched, out, tiny_dirs["bpe"], *args, "--merge") == 0
+    assert (out / "metrics.jsonl").read_text() == metrics_before
+    assert not (out / "adapter_config.json").exists() and (out / "adapter" / "adapter_config.json").is_file()
+    assert json.loads((out / "tokensft_train.json").read_text())["merged"] is True
+    a, b = load_file(tmp_path / "direct" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert set(a) == set(b)
+    for name in a:  # what --merge at the first run would have written
+        torch.testing.assert_close(b[name], a[name], atol=0, rtol=0)
+    assert train_cli(enriched, out, tiny_dirs["bpe"], *args, "--merge") == 0  # merged already: complete, unchanged
+    assert torch.equal(load_file(out / "model.safetensors")[next(iter(a))], b[next(iter(a))])
+
+
+def test_two_processes_train_the_adapter_one_does(enriched, tiny_dirs, tmp_path):  # noqa: F811
+    """accelerate launch with 2 CPU processes (gloo), batch 2 each, vs 1 process with 2 micro-batches of 2: the
+    same adapter and merged model. An online kept count (summed over processes) and 9/8 epochs: steps of 4, 4
+    and 1, so in the last one the second process runs a filler micro-batch through the adapter."""
+    common = [*LORA, "--merge", "--objective", "threshold-nll:0.0006", "--epochs", "1.125", "--lr", "1e-2",
+              "--batch-size", "2", "--seed", "3", "-q", "--model", str(tiny_dirs["bpe"])]
+    assert main(["train", str(enriched), "--output", str(tmp_path / "one"), "--grad-accum", "2", *common]) == 0
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--mixed_precision",
+           "no", "--num_machines", "1", "--dynamo_backend", "no", "-m", "tokensft", "train", str(enriched),
+           "--output", str(tmp_path / "two"), *common]
+    done = run_processes(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    for file in ("adapter/adapter_model.safetensors", "model.safetensors"):
+        a, b = load_file(tmp_path / "one" / file), load_file(tmp_path / "two" / file)
+        assert set(a) == set(b) and a, file
+        for name in a:
+            torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4, msg=f"{file}: {name}")
+    adapter = load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors")
+    assert all(t.abs().sum() > 0 for n, t in adapter.items() if "lora_B" in n)  # every B moved off its zero init
+    assert len(losses(tmp_path / "two")) == 3
+    torch.testing.assert_close(torch.tensor(losses(tmp_path / "two")), torch.tensor(losses(tmp_path / "one")),
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("objective, mask", [("nll", "top-frac:0.5"), ("poft", None)])
+def test_trainer_on_a_peft_model_takes_the_full_logits_step(enriched, tiny_dirs, tmp_path, objective, mask):  # noqa: F811
+    """TokenSFTTrainer on peft.get_peft_model: 8 examples, 2 per micro-batch, 4 accumulation steps, SGD lr 1,
+    no clipping: the logged first loss is the naive full-logits loss of all 8, and each adapter weight moves
+    by exactly its gradient (old - new = grad); the frozen base does not move."""
+    from peft import LoraConfig, get_peft_model
+
+    def peft_model():
+        base = AutoModelForCausalLM.from_pretrained(tiny_dirs["bpe"]).float()
+        torch.manual_seed(0)
+        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                lora_dropout=0.0, bias="none", task_type="CAUSAL_LM"))
+        torch.manual_seed(1)
+        with torch.no_grad():  # B random: with B = 0 the adapter's A would get no gradient
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0.0, 0.2)
+        return model
+
+    reference_model = peft_model()
+    data = TrainData(str(enriched), parse_objective(objective), mask=mask)
+    reference = naive_loss(reference_model, data.collate(data.train_indices, pad_id=0), objective)
+    reference.backward()
+    grads = {n: p.grad for n, p in reference_model.named_parameters() if p.requires_grad}
+    assert grads and all("lora_" in n and g.abs().sum() > 0 for n, g in grads.items())
+
+    model = peft_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=4,
+                             max_steps=1, learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", warmup_steps=0,
+                             weight_decay=0.0, max_grad_norm=0.0, use_cpu=True, report_to=[], save_strategy="no",
+                             logging_steps=1, disable_tqdm=True, seed=3, remove_unused_columns=False)
+    trainer = TokenSFTTrainer(model=model, args=args, train_dataset=trainer_dataset(str(enriched), objective, mask),
+                              data_collator=TokenSFTCollator(0), objective=objective)
+    trainer.train()
+    logged = next(row["loss"] for row in trainer.state.log_history if "loss" in row)
+    assert logged == pytest.approx(reference.detach().item(), rel=1e-5)
+    for name, p in model.named_parameters():
+        if name in grads:
+            torch.testing.assert_close(before[name] - p.detach(), grads[name].float(), atol=2e-6, rtol=1e-4, msg=name)
+        else:
+            assert torch.equal(before[name], p.detach()), name

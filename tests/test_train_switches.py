@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -79,32 +78,37 @@ def test_gradient_checkpointing_trains_like_without_and_resumes_exactly(enriched
     torch.testing.assert_close(torch.tensor(losses(tmp_path / "clean")), torch.tensor(losses(tmp_path / "plain")))
 
 
-def test_adamw_is_fused_on_cuda_and_unchanged_on_cpu():
+def test_adamw_is_fused_where_torch_has_the_kernels_and_equals_the_plain_loop():
     params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
     assert implementation(params, "cuda") == "fused"  # the choice only: no GPU needed
     assert implementation(params, "cuda:1") == "fused"
     assert implementation([torch.zeros(2, dtype=torch.long)], "cuda") == "foreach"
-    assert implementation(params, "cpu") == "single-tensor"  # torch has no foreach kernels on CPU
+    assert implementation(params, "cpu") == "fused"  # torch >= 2.4 has fused AdamW on CPU
+    assert implementation([torch.zeros(2, dtype=torch.long)], "cpu") == "single-tensor"  # no foreach kernels on CPU
     runs = []
-    for build in ("tokensft", "torch default"):
+    for build in ("tokensft", "torch's single-tensor loop"):
         torch.manual_seed(0)
         ps = [torch.nn.Parameter(torch.randn(64, 16)), torch.nn.Parameter(torch.randn(16))]
         kwargs = {"lr": 1e-2, "betas": (0.9, 0.95), "weight_decay": 0.01}
-        opt = adamw(ps, "cpu", **kwargs)[0] if build == "tokensft" else torch.optim.AdamW(ps, **kwargs)
+        opt = adamw(ps, "cpu", **kwargs)[0] if build == "tokensft" else torch.optim.AdamW(ps, foreach=False, **kwargs)
+        assert bool(opt.defaults.get("fused")) == (build == "tokensft")
         for _ in range(5):
             loss = sum((p ** 3).sum() for p in ps)
             loss.backward()
             opt.step()
             opt.zero_grad()
         runs.append([p.detach().clone() for p in ps])
-    for a, b in zip(*runs):
-        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    torch.manual_seed(0)
+    start = [torch.randn(64, 16), torch.randn(16)]  # what both began from
+    assert all(float((a - b).abs().max()) > 1e-3 for a, b in zip(runs[0], start))  # five steps moved them
+    for a, b in zip(*runs):  # float rounding apart
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
 
 
 def test_run_records_its_optimizer_and_prints_its_memory_budget(enriched, tiny_dirs, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "ckpt"
     assert main(["train", str(enriched), "-o", str(out), "--model", str(tiny_dirs["bpe"]), "--max-steps", "1"]) == 0
-    assert json.loads((out / "tokensft_train.json").read_text())["optimizer"] == "adamw (single-tensor)"
+    assert json.loads((out / "tokensft_train.json").read_text())["optimizer"] == "adamw (fused)"
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("memory per process"))
     model = AutoModelForCausalLM.from_pretrained(tiny_dirs["bpe"])
     longest = TrainData(str(enriched), parse_objective("nll")).longest()
@@ -140,12 +144,12 @@ def test_grouped_batching_pads_less_with_the_same_examples(enriched):  # noqa: F
     drawn = data.step_indices(0, 8, seed=3)
     for world in (1, 2):
         padded = [b for r in range(world) for b in micro_batches(data, drawn, r, world, 2, 0)]
-        grouped = [b for r in range(world) for b in micro_batches(data, drawn, r, world, 2, 0, grouped=True)]
+        grouped = [b for r in range(world) for b in micro_batches(data, drawn, r, world, 2, 0, "grouped")]
         assert sorted(i for b in grouped for i in b["ids"]) == sorted(i for b in padded for i in b["ids"])
         assert step_counts(grouped).tolist() == step_counts(padded).tolist()  # the same global denominator
         assert padding_fraction(grouped) < padding_fraction(padded), world
     lengths = [len(b["ids"]) and int(b["attention_mask"].sum(1).max()) for b in
-               micro_batches(data, drawn, 0, 1, 2, 0, grouped=True)]
+               micro_batches(data, drawn, 0, 1, 2, 0, "grouped")]
     assert lengths == sorted(lengths)
 
 
@@ -160,24 +164,8 @@ def test_grouped_batching_trains_the_same_step(enriched, tiny_dirs, tmp_path):  
         torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
-def test_report_to_a_missing_tracker_names_the_install(enriched, tiny_dirs, tmp_path, capsys):  # noqa: F811
-    assert train_cli(enriched, tmp_path / "x", tiny_dirs["bpe"], "--report-to", "tensorboard") == 2
-    err = capsys.readouterr().err
-    assert "--report-to tensorboard" in err and "pip install tensorboard" in err and err.count("\n") == 1
-    assert not (tmp_path / "x").exists()
-
-
-@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard is not installed")
-def test_report_to_tensorboard_writes_event_files_besides_metrics(enriched, tiny_dirs, tmp_path):  # noqa: F811
-    out = tmp_path / "ckpt"
-    assert train_cli(enriched, out, tiny_dirs["bpe"], "--max-steps", "2", "--report-to", "tensorboard") == 0
-    assert len(losses(out)) == 2
-    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
-
-
 def test_bad_switch_values_in_a_config_file_name_the_flag(enriched, tiny_dirs, tmp_path, capsys):  # noqa: F811
-    for key, value, message in (("batching", "packed", "--batching 'packed'"), ("report_to", "comet", "--report-to 'comet'")):
+    for key, value, message in (("batching", "sorted", "--batching 'sorted'"), ("report_to", "comet", "--report-to 'comet'")):
         config = tmp_path / f"{key}.json"
         config.write_text(json.dumps({key: value}))
         assert train_cli(enriched, tmp_path / "x", tiny_dirs["bpe"], "--config", str(config)) == 2

@@ -50,7 +50,7 @@ def run(args) -> int:
 def add_train_settings(p):
     """The optimization and evaluation settings (TrainConfig's fields), shared with `tokensft sweep`,
     which applies them to every arm. Returns the "evaluation, checkpoints" group."""
-    from tokensft.train.config import BATCHING, DTYPES, REPORT_TO, TrainConfig as D
+    from tokensft.train.config import ATTENTION, BATCHING, DTYPES, REPORT_TO, TrainConfig as D
     from tokensft.train.objectives import NORMALIZE
 
     p.add_argument("--model", "-m", help=f"the model to train, sharing the scorer's tokenizer (default {D.model})")
@@ -76,7 +76,12 @@ def add_train_settings(p):
     h.add_argument("--gradient-checkpointing", action="store_true", default=None,
                    help="recompute the backbone's layers in backward: activations ~1/17 of the layers' (slower steps)")
     h.add_argument("--batching", choices=BATCHING, help="grouped: each step's examples sorted by length before they are "
-                   f"split into micro-batches, so they pad less (the same examples per step) (default {D.batching})")
+                   "split into micro-batches, so they pad less (the same examples per step); packed: each micro-batch "
+                   "one row of its real tokens, no padding (per-sequence positions; the same examples and "
+                   f"micro-batches as padded) (default {D.batching})")
+    h.add_argument("--attn-implementation", choices=ATTENTION, help="transformers' attention: flash_attention_2 "
+                   "(pip install flash-attn; CUDA, bf16) runs --batching packed without an L x L mask "
+                   f"(default {D.attn_implementation}: the model's own, usually sdpa)")
     h.add_argument("--report-to", choices=REPORT_TO, help="an accelerate tracker besides metrics.jsonl, offline: "
                    f"tensorboard (OUTPUT/tensorboard), wandb (offline mode), mlflow (OUTPUT/mlruns) (default {D.report_to})")
     r = p.add_argument_group("LoRA (pip install tokensft[peft])")

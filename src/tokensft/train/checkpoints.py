@@ -133,8 +133,9 @@ def save_checkpoint(accelerator, module, tokenizer, output: Path, step: int, ide
     accelerator.wait_for_everyone()
     with _writing(final, "checkpoint", output, tmp if accelerator.is_main_process else None):
         accelerator.save_state(str(tmp / "state"))  # every process takes part (sharded states)
+        weights = full_weights(accelerator, module)  # FSDP: every process takes part
         if accelerator.is_main_process:
-            accelerator.unwrap_model(module).model.save_pretrained(tmp, safe_serialization=True)
+            accelerator.unwrap_model(module).model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             (tmp / STATE_FILE).write_text(json.dumps({"step": step, "identity": identity}))
             tmp.rename(final)
@@ -144,6 +145,19 @@ def save_checkpoint(accelerator, module, tokenizer, output: Path, step: int, ide
     accelerator.wait_for_everyone()
 
 
+def full_weights(accelerator, module) -> dict | None:
+    """Under FSDP the model's parameters are shards: its full state dict (keys as the unwrapped
+    model's, tensors on CPU), gathered by a collective every process must call (accelerate's
+    get_state_dict); None elsewhere (save_pretrained reads the whole parameters). A LoRA model: None
+    (its adapter is saved by tokensft.train.lora, which FSDP does not cover yet)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.FSDP or lora.is_lora(accelerator.unwrap_model(module).model):
+        return None
+    state = accelerator.get_state_dict(module)  # ObjectiveModule's: the model's keys under "model."
+    return {name.removeprefix("model."): tensor for name, tensor in state.items()} if accelerator.is_main_process else None
+
+
 def save_final(accelerator, module, tokenizer, output: Path, info: dict, identity: dict, merge: bool = False) -> None:
     """The final model in OUTPUT, written to a staging directory first and moved in file by file,
     so every file in OUTPUT is complete whenever it is read (a kill here: rerun to redo it), and
@@ -151,24 +165,51 @@ def save_final(accelerator, module, tokenizer, output: Path, info: dict, identit
     OUTPUT's .tokensft/ (the locks), checkpoints/ and metrics are left as they are. A LoRA model: its
     adapter, or with `merge` the merged model (tokensft.train.lora.save_model)."""
     accelerator.wait_for_everyone()
+    weights = full_weights(accelerator, module)  # FSDP: every process takes part
     if accelerator.is_main_process:
-        staging = output / ".final.tmp"
-        if staging.exists():
-            shutil.rmtree(staging)  # a killed run's partial save
-        with _writing(output, "the final model", output, staging):
-            model = accelerator.unwrap_model(module).model
-            if lora.is_lora(model):
-                lora.save_model(model, staging, merge)
-            else:
-                model.save_pretrained(staging, safe_serialization=True)
-            tokenizer.save_pretrained(staging)
-            (staging / FINISHED_FILE).write_text(json.dumps({**info, "identity": identity}, indent=2))
-            lora.remove_stale(output, {f.name for f in staging.iterdir()})  # a full model after an adapter, or back
-            for file in sorted(staging.iterdir(), key=lambda f: f.name == FINISHED_FILE):  # the marker last
-                if file.is_dir():
-                    shutil.rmtree(output / file.name, ignore_errors=True)  # OUTPUT/adapter: replaced whole
-                os.replace(file, output / file.name)
-            staging.rmdir()
+        model = accelerator.unwrap_model(module).model
+        if lora.is_lora(model):
+            info = {**info, "merged": merge}
+            _install_final(output, info, identity, tokenizer, lambda staging: lora.save_model(model, staging, merge))
+        else:
+            _install_final(output, info, identity, tokenizer,
+                           lambda staging: model.save_pretrained(staging, state_dict=weights, safe_serialization=True))
+
+
+def needs_merge(output: Path, config) -> bool:
+    """A finished LoRA run rerun with --merge whose OUTPUT holds the adapter alone (it ran without)."""
+    return bool(config.lora_r and config.merge and (output / "adapter_config.json").is_file()
+                and not (output / lora.ADAPTER_DIR).is_dir())
+
+
+def merge_final(output: Path, base, tokenizer) -> None:
+    """--merge after the fact: OUTPUT's adapter merged into `base` (the base model, loaded as the run
+    held it) and installed as the final model, the adapter moved to OUTPUT/adapter, as a run with
+    --merge would have written it; the run card is kept, marked merged."""
+    from peft import PeftModel
+
+    info = json.loads((output / FINISHED_FILE).read_text(encoding="utf-8"))
+    identity = info.pop("identity")
+    model = PeftModel.from_pretrained(base, str(output))
+    _install_final(output, {**info, "merged": True}, identity, tokenizer, lambda staging: lora.save_model(model, staging, True))
+
+
+def _install_final(output: Path, info: dict, identity: dict, tokenizer, write) -> None:
+    """write(staging) the model's files, then the tokenizer and the run card, and move them into
+    OUTPUT file by file, the run card (the finished marker) last (see save_final)."""
+    staging = output / ".final.tmp"
+    if staging.exists():
+        shutil.rmtree(staging)  # a killed run's partial save
+    with _writing(output, "the final model", output, staging):
+        write(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / FINISHED_FILE).write_text(json.dumps({**info, "identity": identity}, indent=2))
+        lora.remove_stale(output, {f.name for f in staging.iterdir()})  # a full model after an adapter, or back
+        for file in sorted(staging.iterdir(), key=lambda f: f.name == FINISHED_FILE):  # the marker last
+            if file.is_dir():
+                shutil.rmtree(output / file.name, ignore_errors=True)  # OUTPUT/adapter: replaced whole
+            os.replace(file, output / file.name)
+        staging.rmdir()
 
 
 @contextmanager

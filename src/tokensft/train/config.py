@@ -21,8 +21,9 @@ from tokensft.core.errors import ConfigError
 from tokensft.train.objectives import NORMALIZE, parse_objective
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-BATCHING = ("padded", "grouped")  # packed: not yet
+BATCHING = ("padded", "grouped", "packed")
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
+ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")  # transformers' attn_implementation; auto: the model's default
 
 
 @dataclass
@@ -56,8 +57,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     gradient_checkpointing: bool = False  # the backbone's (the chunked loss recomputes its own chunks)
-    batching: str = "padded"  # grouped: each step's examples sorted by length before the micro-batch split
+    batching: str = "padded"  # grouped: each step's examples sorted by length first; packed: no padding (train.packing)
     report_to: str = "none"  # an accelerate tracker besides metrics.jsonl
+    attn_implementation: str = "auto"  # flash_attention_2 (pip install flash-attn, CUDA): packed batches run varlen
     lora_r: int = 0  # 0: full fine-tuning; > 0: a LoRA adapter of this rank (tokensft.train.lora)
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
@@ -117,6 +119,8 @@ class TrainConfig:
             raise ConfigError(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
         if self.batching not in BATCHING:
             raise ConfigError(f"--batching {self.batching!r}: use one of {', '.join(BATCHING)}")
+        if self.attn_implementation not in ATTENTION:
+            raise ConfigError(f"--attn-implementation {self.attn_implementation!r}: use one of {', '.join(ATTENTION)}")
         if self.report_to not in REPORT_TO:
             raise ConfigError(f"--report-to {self.report_to!r}: use one of {', '.join(REPORT_TO)}")
         from tokensft.train import lora  # no torch at import

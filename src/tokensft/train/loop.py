@@ -17,8 +17,8 @@
         maybe evaluate; maybe checkpoint
     save the final model to OUTPUT (loads with AutoModelForCausalLM.from_pretrained)
 
-`accelerate launch -m tokensft train ...` runs it on several processes or machines (DDP; FSDP and
-DeepSpeed through accelerate's config), bf16 autocast on CUDA, fp32 on CPU.
+`accelerate launch -m tokensft train ...` runs it on several processes or machines (DDP; FSDP
+with configs/accelerate/fsdp.yaml, GPUs only; DeepSpeed through accelerate's config), bf16 autocast on CUDA, fp32 on CPU.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -44,6 +46,7 @@ from tokensft.train.memory import enable_checkpointing, model_budget
 from tokensft.train.objectives import parse_objective
 from tokensft.train.optim import adamw
 from tokensft.train.output import check_output, locked
+from tokensft.train.packing import packing_supported, use_varlen
 from tokensft.train.step import STAT_KEYS, TrainingDiverged, check_finite, denominator, evaluate, micro_batches
 from tokensft.train.step import stack_stats, step_counts
 from tokensft.train.step import step_metrics as _metrics  # by this name: tests stop a run at its n-th step
@@ -58,9 +61,6 @@ def exit_processes() -> None:
     """After a multi-process run has printed its line: every rank meets, then exits at once, skipping
     the interpreter's teardown of the process group (which can hang or abort under gloo). A single
     process returns and exits normally."""
-    import os
-    import sys
-
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
@@ -78,6 +78,22 @@ def _precision(dtype: str, use_cuda: bool) -> str:
     if dtype == "bfloat16" and not use_cuda:
         logger.warning("--dtype bfloat16 on CPU: autocast works but is usually several times slower than float32")
     return {"auto": "bf16" if use_cuda else "no", "float32": "no", "bfloat16": "bf16", "float16": "fp16"}[dtype]
+
+
+def load_model(path, dtype, attn_implementation: str = "auto"):
+    """The model to train, with --attn-implementation (auto: the model's default); an attention the
+    machine cannot run (flash-attn not installed, no CUDA) is a ConfigError naming the flag."""
+    from transformers import AutoModelForCausalLM
+
+    extra = {} if attn_implementation == "auto" else {"attn_implementation": attn_implementation}
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True, **extra)
+    except (ImportError, ValueError) as exc:
+        if not extra:
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"--attn-implementation {attn_implementation}: {reason}; install what it names, or use "
+                          "--attn-implementation auto") from None
 
 
 def _cosine(total: int, warmup_steps: int):
@@ -117,8 +133,7 @@ def train(config: TrainConfig) -> dict:
     data = TrainData(config.data, objective, config.mask, config.ref, config.eval_fraction, config.skip_invalid,
                      config.weight, config.allow_negative_weights)
     if WEIGHT in data.table.column_names and config.weight is None and not config.quiet:
-        import sys  # a dataset may carry weights a run means to ignore: legal, but never silently
-
+        # a dataset may carry weights a run means to ignore: legal, but never silently
         print(f"warning: {config.data} carries the data's loss weights (column weight); this run ignores them "
               "(pass --weight weight to train with them)", file=sys.stderr)
     path, name = resolve_model_dir(config.model)
@@ -137,21 +152,42 @@ def train(config: TrainConfig) -> dict:
     accelerator = Accelerator(mixed_precision=_precision(config.dtype, use_cuda), cpu=not use_cuda,
                               step_scheduler_with_optimizer=False, log_with=log_with, project_dir=project_dir)
     world = accelerator.num_processes
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and accelerator.distributed_type != DistributedType.FSDP:
+        if accelerator.is_main_process:  # accelerate selects FSDP on GPUs only: never a silent DDP
+            print("warning: an accelerate FSDP config, but accelerate runs this on CPU as DDP (every process holds the "
+                  "whole model); FSDP needs GPUs", file=sys.stderr)
     global_batch = config.batch_size * config.grad_accum * world
     budget = config.max_steps * global_batch if config.max_steps else math.ceil(config.epochs * len(data.train_indices))
     total = math.ceil(budget / global_batch)  # the last step takes what is left of the budget
     identity = checkpoints.run_identity(config, normalize, global_batch, total, data)
     with locked(accelerator, output):  # one run writes an output: a second is refused, on every process
         if not config.overwrite and checkpoints.finished(output, identity):  # other settings: refused
+            if checkpoints.needs_merge(output, config):  # --merge added to a finished LoRA run: merge, not retrain
+                if accelerator.is_main_process:
+                    base = AutoModelForCausalLM.from_pretrained(
+                        path, dtype=torch.bfloat16 if config.lora_base_bf16 else torch.float32, local_files_only=True)
+                    checkpoints.merge_final(output, base, tokenizer)
+                accelerator.wait_for_everyone()
             accelerator.end_training()
             return {"output": str(output), "steps": total, "metrics": last_metrics(output / "metrics.jsonl", total),
                     "normalize": normalize, "complete": True}
         set_seed(config.seed)
         base_dtype = torch.bfloat16 if config.lora_base_bf16 else torch.float32  # --lora-base-bf16: the frozen base
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=base_dtype, local_files_only=True)
+        model = load_model(path, base_dtype, config.attn_implementation)
         model.config.use_cache = False
         if config.gradient_checkpointing:  # the decoder layers recompute in backward (train mode: module.train() below)
             enable_checkpointing(model)
+        batching, attention = config.batching, model.config._attn_implementation
+        if batching == "packed" and config.attn_implementation == "auto":
+            use_varlen(model)  # SDPA on each packed sequence alone, where the attention is plain causal
+        if batching == "packed" and not packing_supported(model):  # its attention would mix packed sequences
+            model.set_attn_implementation(attention)
+            batching = "grouped"
+            if accelerator.is_main_process:  # a warning, not progress: -q keeps it
+                print(f"warning: --batching packed: {type(model).__name__}'s attention does not keep packed sequences "
+                      "apart (transformers builds no per-sequence mask for it); training with --batching grouped "
+                      "instead", file=sys.stderr)
+        attention_used = model.config._attn_implementation  # recorded in tokensft_train.json
         if config.lora_r:  # a PeftModel: only the adapter trains, and checkpoints hold only it
             model = lora.wrap(model, config)
             lora.register_state_hooks(accelerator)
@@ -187,8 +223,7 @@ def train(config: TrainConfig) -> dict:
         for step in range(start, total):
             began = time.perf_counter()
             drawn = data.step_indices(step, global_batch, config.seed, budget)
-            batches = micro_batches(data, drawn, accelerator.process_index, world, config.batch_size, pad_id,
-                                    grouped=config.batching == "grouped")
+            batches = micro_batches(data, drawn, accelerator.process_index, world, config.batch_size, pad_id, batching)
             counts = accelerator.reduce(step_counts(batches, objective.sequence_level).to(accelerator.device),
                                         reduction="sum").tolist()  # targets, sequences, kept, weight sum
             step_denominator = denominator(counts, objective.online_kept, len(batches), world, rescale)
@@ -230,7 +265,7 @@ def train(config: TrainConfig) -> dict:
                 log.warning(f"step {step + 1} of {total}: no target kept ({config.objective} kept none of the step's "
                             f"{counts[0]:.0f} targets; {log.zero_kept} such step{'s' * (log.zero_kept > 1)} so far)")
             if config.eval_every and (step + 1) % config.eval_every == 0 and len(data.eval_indices):
-                last.update(evaluate(module, data, config.batch_size, accelerator, pad_id))
+                last.update(evaluate(module, data, config.batch_size, accelerator, pad_id, batching))
             log.write(last)
             if config.report_to != "none":
                 accelerator.log({k: v for k, v in last.items() if isinstance(v, (int, float))}, step=step + 1)
@@ -238,7 +273,7 @@ def train(config: TrainConfig) -> dict:
                 checkpoints.save_checkpoint(accelerator, module, tokenizer, output, step + 1, identity,
                                             config.keep_checkpoints)
         if len(data.eval_indices) and "eval_loss" not in last:
-            last.update(evaluate(module, data, config.batch_size, accelerator, pad_id))
+            last.update(evaluate(module, data, config.batch_size, accelerator, pad_id, batching))
             log.write({"step": total, **{k: v for k, v in last.items() if k.startswith("eval_")}})
         log.close()
         checkpoints.save_final(accelerator, module, tokenizer, output, {
@@ -246,6 +281,7 @@ def train(config: TrainConfig) -> dict:
             "ref": config.ref,
             "train_examples": int(len(data.train_indices)), "eval_examples": int(len(data.eval_indices)),
             "skipped_examples": data.skipped, "optimizer": f"adamw ({optimizer_impl})",
+            "batching": batching, "attention": attention_used,
             **(lora.parameter_counts(model) if config.lora_r else {})}, identity, merge=config.merge)
         # Several processes: gloo's teardown can hang (a rank's ~ProcessGroupGloo joins threads forever
         # once its peer has exited) or abort ("terminate called without an active exception"), after

@@ -72,14 +72,32 @@ def count_batch(batch: dict, sequence_level: bool = False) -> dict:
     sequences, w_s the mean weight of a sequence's targets; 0 without weights."""
     target = batch["labels"] != IGNORE_INDEX  # (B, T)
     stored = target & batch["mask"].bool() if "mask" in batch else target  # (B, T)
+    sequence, n_seq = sequences_of(batch)
+    per_seq_targets = _per_sequence(sequence[target], target[target].float(), n_seq)  # (S,)
     weight_sum = 0.0
     if "weight" in batch:
         w = torch.where(stored, batch["weight"], torch.zeros_like(batch["weight"]))  # (B, T)
         if sequence_level:
-            w = w.sum(1) / target.sum(1).clamp(min=1)  # (B,) each sequence's mean target weight
+            by_seq = w.sum(1) if "sequence" not in batch else _per_sequence(sequence.reshape(-1), w.reshape(-1), n_seq)
+            w = by_seq / per_seq_targets.clamp(min=1)  # (S,) each sequence's mean target weight
         weight_sum = float(w.abs().sum().item())
-    return {"targets": float(target.sum().item()), "sequences": float((target.sum(1) > 0).sum().item()),
+    return {"targets": float(target.sum().item()), "sequences": float((per_seq_targets > 0).sum().item()),
             "kept": float(stored.sum().item()), "weight_sum": weight_sum}
+
+
+def sequences_of(batch: dict) -> tuple[torch.Tensor, int]:
+    """(B, T) long, the sequence of the micro-batch each position belongs to, and the number of
+    sequences S: a row each when padded; a packed batch (tokensft.train.packing) carries `sequence`."""
+    labels = batch["labels"]
+    if "sequence" in batch:
+        return batch["sequence"], len(batch["ids"])
+    rows = torch.arange(labels.shape[0], device=labels.device)
+    return rows.unsqueeze(1).expand_as(labels), labels.shape[0]
+
+
+def _per_sequence(sequence: torch.Tensor, values: torch.Tensor, n_seq: int) -> torch.Tensor:
+    """(S,) the sum of `values` (N,) by their sequence (N,) (differentiable in values)."""
+    return torch.zeros(n_seq, dtype=values.dtype, device=values.device).index_add(0, sequence, values)
 
 
 def micro_batch_loss(model, batch: dict, objective: Objective, normalize: str, denominator: Denominator,
@@ -93,8 +111,10 @@ def micro_batch_loss(model, batch: dict, objective: Objective, normalize: str, d
     labels = batch["labels"]
     if hidden is None:
         hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                                     use_cache=False).last_hidden_state  # (B, T, H)
+                                     position_ids=batch.get("position_ids"), use_cache=False).last_hidden_state  # (B, T, H)
     rows, cols = torch.nonzero(labels != IGNORE_INDEX, as_tuple=True)  # (N,), (N,); cols >= 1
+    sequence, n_seq = sequences_of(batch)
+    seq = sequence[rows, cols]  # (N,) each target's sequence: its row, or its place in a packed row
     prior = objective.prior
     prior_ids = prior_logprobs = None
     if prior in ("teacher", "scorer"):
@@ -103,16 +123,15 @@ def micro_batch_loss(model, batch: dict, objective: Objective, normalize: str, d
     terms = target_terms(hidden[rows, cols - 1], labels[rows, cols], LogitHead(model), chunk_size,
                          prior_ids=prior_ids, prior_logprobs=prior_logprobs,
                          self_ce=prior == "self", uniform_ce=prior == "uniform")
-    n_seq = labels.shape[0]
-    per_seq_targets = torch.zeros(n_seq, device=labels.device).index_add_(0, rows, torch.ones_like(rows, dtype=torch.float))
+    per_seq_targets = _per_sequence(seq, torch.ones_like(seq, dtype=torch.float), n_seq)  # (S,)
     logprob = terms.logprob.detach()  # (N,)
     stats = {"p_sum": logprob.exp().sum(), "nll_sum": -logprob.sum(), "targets": float(len(rows))}
     if objective.sequence_level:  # PoFT: s = mean target log-prob of each sequence
-        seq_logprob = torch.zeros(n_seq, device=labels.device).index_add(0, rows, terms.logprob) / per_seq_targets.clamp(min=1)
+        seq_logprob = _per_sequence(seq, terms.logprob, n_seq) / per_seq_targets.clamp(min=1)  # (S,)
         has = per_seq_targets > 0
         loss_seq, weight = poft_loss(seq_logprob[has], batch["ref_logprob"][has], **objective.params)
         if "weight" in batch:  # each sequence's loss times the mean weight of its targets
-            w_seq = torch.zeros(n_seq, device=labels.device).index_add(0, rows, batch["weight"][rows, cols])
+            w_seq = _per_sequence(seq, batch["weight"][rows, cols], n_seq)  # (S,)
             loss_seq = loss_seq * (w_seq / per_seq_targets.clamp(min=1))[has]
         total = loss_seq.sum()
         stats.update(kept=float(len(rows)), poft_weight_sum=weight.sum(), poft_sequences=has.sum())
@@ -126,7 +145,7 @@ def micro_batch_loss(model, batch: dict, objective: Objective, normalize: str, d
             loss_t = loss_t * batch["weight"][rows, cols]  # (N,) w_t * loss_t
         stats["kept"] = kept.sum()
         if normalize == "sequences":
-            per_seq = torch.zeros(n_seq, device=labels.device).index_add(0, rows, loss_t)
+            per_seq = _per_sequence(seq, loss_t, n_seq)  # (S,)
             total = (per_seq / per_seq_targets.clamp(min=1)).sum()
         else:
             total = loss_t.sum()

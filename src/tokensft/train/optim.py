@@ -3,13 +3,17 @@
     optimizer, impl = adamw(params, accelerator.device, lr=..., betas=..., weight_decay=...)  # fused | foreach | single-tensor
 
 torch picks AdamW's implementation itself (torch.optim.optimizer._default_to_fused_or_foreach) but
-never fused by default, and foreach only on CUDA-like devices: on CUDA that default (foreach) makes
+never fused by default: foreach on CUDA-like devices, the single-tensor loop on CPU. Both make
 per-step temporaries the size of the largest parameters (the tied embedding: about 0.3-0.4 GB at
-SmolLM2's 49,152 x 576), where fused AdamW (TRL's default) updates in place in one kernel. So:
-fused when the parameters are floating point and will live on CUDA (`device`: the accelerator's; the
-model is moved there by accelerator.prepare, after the optimizer is built), else foreach where torch supports it,
-else torch's own default, which on CPU is the single-tensor loop -- exactly what `tokensft train`
-ran before, so CPU runs (and their bit-exact resume) are unchanged.
+SmolLM2's 49,152 x 576), where fused AdamW (TRL's default) updates in place in one kernel; on CPU
+the single-tensor loop is also the slowest (one step on a CPU, measured while writing
+benchmarks/bench_vs_trl.py, on a 189 MB embedding: 360 MB of temporaries and 309 ms, fused 0 MB and
+41 ms). So: fused when
+the parameters are floating point and torch has fused kernels for the device they will live on
+(`device`: the accelerator's; the model is moved there by accelerator.prepare, after the optimizer
+is built): CUDA, and CPU since torch 2.4; else foreach where torch supports it, else the
+single-tensor loop. Fused and the loop differ by float rounding only (tested); a run resumes with
+the implementation it started with (tokensft_train.json records it).
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ import torch
 
 def implementation(params: list[torch.Tensor], device) -> str:
     """fused | foreach | single-tensor: what `adamw` uses for these parameters on `device`."""
-    from torch.optim.optimizer import _get_foreach_kernels_supported_devices
+    from torch.optim.optimizer import _get_foreach_kernels_supported_devices, _get_fused_kernels_supported_devices
 
     kind = torch.device(device).type
-    if kind == "cuda" and all(torch.is_floating_point(p) for p in params):
+    if kind in _get_fused_kernels_supported_devices() and all(torch.is_floating_point(p) for p in params):
         return "fused"
     if kind in _get_foreach_kernels_supported_devices():
         return "foreach"

@@ -1,7 +1,7 @@
 """One optimizer step of `tokensft train`, apart from the model: its micro-batches, its counts, the
 finite check, its metrics, and the held-out evaluation (the loop in tokensft.train.loop).
 
-    batches = micro_batches(data, drawn, rank, world, batch_size, pad_id)  # the same number on every process
+    batches = micro_batches(data, drawn, rank, world, batch_size, pad_id, batching)  # the same number on every process
     counts = step_counts(batches, sequence_level)     # (4,) targets, sequences, kept, weight sum: before any forward
     check_finite(step, losses, grad_norm, batches, output)   # TrainingDiverged before the weights move
     row = step_metrics(step, total, totals, lr, grad_norm, seconds, counts)   # one line of metrics.jsonl
@@ -18,6 +18,7 @@ from tokensft.core.errors import TokensftError
 from tokensft.core.schema import IGNORE_INDEX
 from tokensft.train.data import TrainData
 from tokensft.train.loss import Denominator, count_batch
+from tokensft.train.packing import pack
 
 STAT_KEYS = ("loss", "loss_sum", "nll_sum", "p_sum", "targets", "kept", "poft_weight_sum", "poft_sequences")
 COUNT_KEYS = ("targets", "sequences", "kept", "weight_sum")  # step_counts' order
@@ -28,14 +29,16 @@ class TrainingDiverged(TokensftError):
 
 
 def micro_batches(data: TrainData, drawn, rank: int, world: int, batch_size: int, pad_id: int,
-                  grouped: bool = False) -> list[dict]:
+                  batching: str = "padded") -> list[dict]:
     """This process's micro-batches of the step's examples `drawn`. Every process gets the same number
     (a short last step pads with micro-batches without targets): under DDP, FSDP or DeepSpeed each
     forward and backward is a collective, and a process with one fewer would hang the others.
     grouped (--batching grouped): the step's examples sorted by length first (stable: ties keep the
     drawn order), so each micro-batch holds similar lengths and pads less; the step's set of examples,
-    hence its global denominator and gradient (up to float rounding), is the same."""
-    if grouped:
+    hence its global denominator and gradient (up to float rounding), is the same.
+    packed (--batching packed): padded's micro-batches, each one row of its real tokens
+    (tokensft.train.packing.pack): the same examples and split, no padding."""
+    if batching == "grouped":
         drawn = drawn[data.lengths(drawn).argsort(kind="stable")]
     mine = drawn[rank::world]
     batches = [data.collate(mine[i:i + batch_size], pad_id) for i in range(0, len(mine), batch_size)]
@@ -44,7 +47,7 @@ def micro_batches(data: TrainData, drawn, rank: int, world: int, batch_size: int
         filler = data.collate(drawn[:1], pad_id)
         filler["labels"].fill_(IGNORE_INDEX)  # no targets: counts nothing, adds a zero gradient
         batches.append(filler)
-    return batches
+    return [pack(b) for b in batches] if batching == "packed" else batches
 
 
 def step_counts(batches: list[dict], sequence_level: bool = False) -> torch.Tensor:
@@ -91,13 +94,13 @@ def step_metrics(step, total, s, lr, grad_norm, seconds, counts, weighted: bool 
 
 
 @torch.no_grad()
-def evaluate(module, data: TrainData, batch_size: int, accelerator, pad_id: int) -> dict:
+def evaluate(module, data: TrainData, batch_size: int, accelerator, pad_id: int, batching: str = "padded") -> dict:
     """Objective loss, NLL and mean target p on the held-out split, through the prepared module, in
     the same number of micro-batches on every process (see micro_batches)."""
     module.eval()
     inner = accelerator.unwrap_model(module)  # the ObjectiveModule: its objective and normalize
     batches = micro_batches(data, data.eval_indices, accelerator.process_index, accelerator.num_processes,
-                            batch_size, pad_id)
+                            batch_size, pad_id, "packed" if batching == "packed" else "padded")
     counts = accelerator.reduce(step_counts(batches, inner.objective.sequence_level).to(accelerator.device),
                                 reduction="sum").tolist()
     d = denominator(counts, inner.objective.online_kept, 1, 1, rescale=True)
