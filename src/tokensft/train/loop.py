@@ -46,7 +46,7 @@ from tokensft.train.memory import enable_checkpointing, model_budget
 from tokensft.train.objectives import parse_objective
 from tokensft.train.optim import adamw
 from tokensft.train.output import check_output, locked
-from tokensft.train.packing import packing_supported, use_varlen
+from tokensft.train.packing import prepare_packing
 from tokensft.train.step import STAT_KEYS, TrainingDiverged, check_finite, denominator, evaluate, micro_batches
 from tokensft.train.step import stack_stats, step_counts
 from tokensft.train.step import step_metrics as _metrics  # by this name: tests stop a run at its n-th step
@@ -177,11 +177,8 @@ def train(config: TrainConfig) -> dict:
         model.config.use_cache = False
         if config.gradient_checkpointing:  # the decoder layers recompute in backward (train mode: module.train() below)
             enable_checkpointing(model)
-        batching, attention = config.batching, model.config._attn_implementation
-        if batching == "packed" and config.attn_implementation == "auto":
-            use_varlen(model)  # SDPA on each packed sequence alone, where the attention is plain causal
-        if batching == "packed" and not packing_supported(model):  # its attention would mix packed sequences
-            model.set_attn_implementation(attention)
+        batching = config.batching
+        if batching == "packed" and not prepare_packing(model, config.attn_implementation):
             batching = "grouped"
             if accelerator.is_main_process:  # a warning, not progress: -q keeps it
                 print(f"warning: --batching packed: {type(model).__name__}'s attention does not keep packed sequences "

@@ -1,7 +1,7 @@
 """`--batching packed`: a micro-batch's sequences side by side in one row, without padding.
 
     batch = pack(data.collate(indices, pad_id))   # (B, T) padded -> (1, L), L = the real tokens
-    ok = packing_supported(model)                 # does the architecture keep packed sequences apart?
+    ok = prepare_packing(model, "auto")           # VARLEN where it applies; False: it would mix sequences
 
 A packed batch has no attention_mask but position_ids that restart at 0 for each sequence:
 transformers (5.x, `masking_utils.find_packed_sequence_indices`) then builds a block-diagonal
@@ -120,3 +120,20 @@ def packing_supported(model) -> bool:
     decoder.train(was_training)
     expected = torch.cat([padded[0, :lengths[0]], padded[1, :lengths[1]]]).float()
     return bool(torch.allclose(packed[0].float(), expected, atol=tolerance, rtol=tolerance))
+
+
+def prepare_packing(model, attn_implementation: str) -> bool:
+    """Ready `model` for packed batches: VARLEN where it applies (--attn-implementation auto), then
+    the probe. False, with the model's attention as it was, when its attention would mix packed
+    sequences (the caller falls back to grouped batches). flash-attention is not probed: it runs on
+    CUDA only and the model is still on the CPU here (before accelerate's prepare), and its varlen
+    path from position_ids is transformers' own padding-free route."""
+    attention = model.config._attn_implementation
+    if attention == "flash_attention_2":
+        return True
+    if attn_implementation == "auto":
+        use_varlen(model)
+    if packing_supported(model):
+        return True
+    model.set_attn_implementation(attention)
+    return False
