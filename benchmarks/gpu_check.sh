@@ -125,7 +125,7 @@ done
 
 stage "5. bench_train_switches at Qwen2.5-1.5B's shape; bench_train's loss memory at 8k tokens"
 # shellcheck disable=SC2086
-timeout 240 "$PY" benchmarks/bench_train_switches.py $SHAPE --batching-steps 0 --optimizers "$([ "$SMOKE" = 1 ] && echo auto || echo fused,foreach)" \
+timeout 240 "$PY" benchmarks/bench_train_switches.py $SHAPE --batching-steps 0 --gsm8k "" --optimizers "$([ "$SMOKE" = 1 ] && echo auto || echo fused,foreach)" \
     || echo "bench_train_switches failed or timed out"
 timeout 60 "$PY" benchmarks/bench_train.py --parts memory --mem-seq "$([ "$SMOKE" = 1 ] && echo 256 || echo 8192)" --mem-hidden 1536 \
     || echo "bench_train memory failed or timed out"
