@@ -258,3 +258,14 @@ def test_packed_lora_with_checkpointing_trains_like_padded(data_dirs, tiny_dirs,
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-5) and y["grad_norm"] == pytest.approx(x["grad_norm"], rel=1e-4)
     for name in a:  # Adam at lr 1e-2 scales rounding-sized gradient differences up (B starts at 0)
         torch.testing.assert_close(b[name], a[name], atol=5e-5, rtol=1e-4)
+
+
+def test_sequence_bounds_are_found_once_per_forward_and_never_reused_across_forwards():
+    from tokensft.train import packing as p
+
+    first = torch.tensor([[0, 1, 2, 0, 1]])
+    assert p._bounds(first) == [0, 3, 5]
+    assert p._bounds(first) is p._bounds(first)  # the layers after the first: no new device-to-host copy
+    second = torch.tensor([[0, 1, 0, 1, 2]])  # the next forward, same shape
+    assert p._bounds(second) == [0, 2, 5]
+    assert p._bounds(torch.tensor([[3, 4, 0, 1]])) == [0, 2, 4]  # a row not starting at 0

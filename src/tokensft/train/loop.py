@@ -120,7 +120,7 @@ def train(config: TrainConfig) -> dict:
     """Train (or resume); returns a summary with the output directory and the last metrics."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, set_seed
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     from tokensft.core.models import load_tokenizer, resolve_model_dir, tokenizer_fingerprint
@@ -160,19 +160,17 @@ def train(config: TrainConfig) -> dict:
     budget = config.max_steps * global_batch if config.max_steps else math.ceil(config.epochs * len(data.train_indices))
     total = math.ceil(budget / global_batch)  # the last step takes what is left of the budget
     identity = checkpoints.run_identity(config, normalize, global_batch, total, data)
+    base_dtype = torch.bfloat16 if config.lora_base_bf16 else torch.float32  # --lora-base-bf16: the frozen base
     with locked(accelerator, output):  # one run writes an output: a second is refused, on every process
         if not config.overwrite and checkpoints.finished(output, identity):  # other settings: refused
             if checkpoints.needs_merge(output, config):  # --merge added to a finished LoRA run: merge, not retrain
                 if accelerator.is_main_process:
-                    base = AutoModelForCausalLM.from_pretrained(
-                        path, dtype=torch.bfloat16 if config.lora_base_bf16 else torch.float32, local_files_only=True)
-                    checkpoints.merge_final(output, base, tokenizer)
+                    checkpoints.merge_final(output, load_model(path, base_dtype), tokenizer)
                 accelerator.wait_for_everyone()
             accelerator.end_training()
             return {"output": str(output), "steps": total, "metrics": last_metrics(output / "metrics.jsonl", total),
                     "normalize": normalize, "complete": True}
         set_seed(config.seed)
-        base_dtype = torch.bfloat16 if config.lora_base_bf16 else torch.float32  # --lora-base-bf16: the frozen base
         model = load_model(path, base_dtype, config.attn_implementation)
         model.config.use_cache = False
         if config.gradient_checkpointing:  # the decoder layers recompute in backward (train mode: module.train() below)

@@ -73,13 +73,13 @@ def count_batch(batch: dict, sequence_level: bool = False) -> dict:
     target = batch["labels"] != IGNORE_INDEX  # (B, T)
     stored = target & batch["mask"].bool() if "mask" in batch else target  # (B, T)
     sequence, n_seq = sequences_of(batch)
-    per_seq_targets = _per_sequence(sequence[target], target[target].float(), n_seq)  # (S,)
+    sequence = sequence.reshape(-1)  # (B*T,)
+    per_seq_targets = _per_sequence(sequence, target.reshape(-1).float(), n_seq)  # (S,)
     weight_sum = 0.0
     if "weight" in batch:
         w = torch.where(stored, batch["weight"], torch.zeros_like(batch["weight"]))  # (B, T)
         if sequence_level:
-            by_seq = w.sum(1) if "sequence" not in batch else _per_sequence(sequence.reshape(-1), w.reshape(-1), n_seq)
-            w = by_seq / per_seq_targets.clamp(min=1)  # (S,) each sequence's mean target weight
+            w = _per_sequence(sequence, w.reshape(-1), n_seq) / per_seq_targets.clamp(min=1)  # (S,) mean target weight
         weight_sum = float(w.abs().sum().item())
     return {"targets": float(target.sum().item()), "sequences": float((per_seq_targets > 0).sum().item()),
             "kept": float(stored.sum().item()), "weight_sum": weight_sum}

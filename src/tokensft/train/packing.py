@@ -26,14 +26,11 @@ their micro-batch split are exactly --batching padded's: packed changes the comp
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from tokensft.core.errors import ConfigError
 from tokensft.core.schema import IGNORE_INDEX
 
-logger = logging.getLogger(__name__)
 # per-position tensors: (B, T) or (B, T, K), packed to (1, L) or (1, L, K)
 PER_POSITION = ("input_ids", "labels", "mask", "weight", "prior_ids", "prior_logprobs")
 
@@ -74,13 +71,25 @@ def varlen_attention(module, query, key, value, attention_mask, position_ids=Non
     kwargs.pop("is_causal", None)
     if position_ids is None or query.shape[0] != 1:
         return sdpa_attention_forward(module, query, key, value, None, is_causal=True, **kwargs)
-    starts = (position_ids[0] == 0).nonzero().flatten().tolist()
-    if starts[:1] != [0]:
-        starts = [0, *starts]
-    bounds = [*starts, query.shape[2]]
+    bounds = _bounds(position_ids)
     outputs = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
                                       is_causal=True, **kwargs)[0] for a, b in zip(bounds, bounds[1:])]
     return torch.cat(outputs, dim=1), None  # (1, L, H, D)
+
+
+_LAST_BOUNDS: list = []  # [(position_ids, bounds)]: every layer of a forward (and its recompute) gets the same tensor
+
+
+def _bounds(position_ids: torch.Tensor) -> list[int]:
+    """[0, start of sequence 2, ..., L] of a packed row, found once per forward rather than once per
+    layer (a device-to-host copy, a sync on CUDA); keyed by the tensor object itself, which the
+    cache keeps alive, so a later forward's tensor can never be mistaken for it."""
+    if _LAST_BOUNDS and _LAST_BOUNDS[0][0] is position_ids:
+        return _LAST_BOUNDS[0][1]
+    starts = (position_ids[0] == 0).nonzero().flatten().tolist()
+    bounds = [*([] if starts[:1] == [0] else [0]), *starts, position_ids.shape[1]]
+    _LAST_BOUNDS[:] = [(position_ids, bounds)]
+    return bounds
 
 
 def use_varlen(model) -> bool:

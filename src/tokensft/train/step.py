@@ -100,7 +100,7 @@ def evaluate(module, data: TrainData, batch_size: int, accelerator, pad_id: int,
     module.eval()
     inner = accelerator.unwrap_model(module)  # the ObjectiveModule: its objective and normalize
     batches = micro_batches(data, data.eval_indices, accelerator.process_index, accelerator.num_processes,
-                            batch_size, pad_id, "packed" if batching == "packed" else "padded")
+                            batch_size, pad_id, batching)
     counts = accelerator.reduce(step_counts(batches, inner.objective.sequence_level).to(accelerator.device),
                                 reduction="sum").tolist()
     d = denominator(counts, inner.objective.online_kept, 1, 1, rescale=True)
