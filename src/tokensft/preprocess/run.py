@@ -85,8 +85,7 @@ def validate_rows(config, kind: str, fmt: str, rules: WeightRules | None = None)
 def weight_settings(config: ScoreConfig, kind: str, fmt: str) -> tuple[WeightRules | None, set[str]]:
     """The weight rules of this run and the sources of weight it has (a subset of
     weights.SOURCES; empty: unweighted), from a pass over every row (which also validates them)."""
-    if not config.read_weights:  # rules None: to_example ignores every weight
-        validate_rows(config, kind, fmt)
+    if not config.read_weights:  # rules None: to_example ignores every weight (eval, which validated the rows itself)
         return None, set()
     rules = config.weight_rules(kind)
     sources = validate_rows(config, kind, fmt, rules)  # seconds, before hours of scoring: fail on row 50,000 now

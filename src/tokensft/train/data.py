@@ -94,6 +94,7 @@ class TrainData:
         self.columns = needed_columns(directory, objective, mask, ref, set(self.table.column_names), weight, self.meta)
         ids = self.table.column("id").to_pylist()
         self.ids = ids
+        self.num_tokens = self.table.column("num_tokens").to_numpy()  # (rows,): read per step by --batching grouped
         usable = np.ones(len(ids), dtype=bool)
         self.skipped = 0
         if self.columns.ref:
@@ -151,7 +152,7 @@ class TrainData:
 
     def lengths(self, indices) -> np.ndarray:
         """(len(indices),) the rows' token counts (num_tokens)."""
-        return self.table.column("num_tokens").to_numpy()[np.asarray(indices, dtype=np.int64)]
+        return self.num_tokens[np.asarray(indices, dtype=np.int64)]
 
     def longest(self) -> int:
         """The longest train example, in tokens: the padded length of the worst micro-batch."""
@@ -161,7 +162,7 @@ class TrainData:
         """A ConfigError when an example is longer than the model's context (position embeddings would overflow)."""
         if not limit:
             return
-        lengths = self.table.column("num_tokens").to_numpy()
+        lengths = self.num_tokens
         used = np.concatenate([self.train_indices, self.eval_indices])
         if len(used) and lengths[used].max() > limit:
             row = int(used[np.argmax(lengths[used])])

@@ -37,9 +37,10 @@ from tokensft.core.dataset import load, load_metadata
 from tokensft.core.schema import IGNORE_INDEX, TOPK_IDS_TYPE
 from tokensft.train.chunked import target_terms
 from tokensft.train.data import Columns, collate_rows, needed_columns
-from tokensft.train.loss import Denominator, count_batch, micro_batch_loss
+from tokensft.train.loss import Denominator, micro_batch_loss
 from tokensft.train.losses import token_loss
 from tokensft.train.objectives import Objective, parse_objective
+from tokensft.train.step import denominator, step_counts
 from tokensft.train.weighting import check_weights
 
 EXTRA = "tokensft"  # the batch entry carrying mask / prior / reference tensors and the example ids
@@ -182,16 +183,11 @@ class TokenSFTMixin:
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """The step's micro-batches, with the step's Denominator in place of num_items_in_batch."""
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-        counts = torch.zeros(4, dtype=torch.float64)
-        for batch in batch_samples:
-            c = count_batch({"labels": batch["labels"], **batch.get(EXTRA, {})}, self.tokensft_objective.sequence_level)
-            counts += torch.tensor([c["targets"], c["sequences"], c["kept"], c["weight_sum"]], dtype=torch.float64)
-        world = self.accelerator.num_processes
+        obj, world = self.tokensft_objective, self.accelerator.num_processes
+        counts = step_counts([{"labels": b["labels"], **b.get(EXTRA, {})} for b in batch_samples], obj.sequence_level)
         if world > 1:
             counts = self.accelerator.reduce(counts.to(self.accelerator.device), reduction="sum").cpu()
-        kept = None if self.tokensft_objective.online_kept else float(counts[2])
-        return batch_samples, Denominator(float(counts[0]), float(counts[1]), kept, len(batch_samples), world,
-                                          weight_sum=float(counts[3]))
+        return batch_samples, denominator(counts.tolist(), obj.online_kept, len(batch_samples), world, rescale=False)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         extras = inputs.pop(EXTRA, {})
@@ -200,17 +196,17 @@ class TokenSFTMixin:
         if self.tokensft_normalize == "weight-sum" and "weight" not in batch:
             raise ConfigError("TokenSFTMixin: normalize='weight-sum' needs weights in the batch; build the dataset with "
                               "trainer_dataset(..., weight=NAME)")
-        denominator = num_items_in_batch
-        if not isinstance(denominator, Denominator):  # evaluation (or a caller of its own): this batch alone
-            c = count_batch(batch, self.tokensft_objective.sequence_level)
-            kept = None if self.tokensft_objective.online_kept else c["kept"]
-            denominator = Denominator(c["targets"], c["sequences"], kept, 1, 1, weight_sum=c["weight_sum"])
+        step_denominator = num_items_in_batch
+        if not isinstance(step_denominator, Denominator):  # evaluation (or a caller of its own): this batch alone
+            obj = self.tokensft_objective
+            step_denominator = denominator(step_counts([batch], obj.sequence_level).tolist(), obj.online_kept, 1, 1,
+                                           rescale=False)
         # the forward goes through the (possibly DDP-wrapped) model, so gradient sync works; it
         # returns the final hidden states and logits for one position only (logits_to_keep=1)
         outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                         output_hidden_states=True, logits_to_keep=1, use_cache=False)
         loss, stats = micro_batch_loss(self.accelerator.unwrap_model(model), batch, self.tokensft_objective,
-                                       self.tokensft_normalize, denominator, self.tokensft_chunk_size,
+                                       self.tokensft_normalize, step_denominator, self.tokensft_chunk_size,
                                        hidden=outputs.hidden_states[-1])
         if model.training:
             for key in STAT_NAMES:

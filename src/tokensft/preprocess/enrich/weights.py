@@ -126,7 +126,7 @@ def merge_stats(shards: list[dict]) -> dict:
                                         "negative": 0})
             o["targets"] += s["targets"]
             o["sum"] += s["sum"]
-            o["abs_sum"] += s.get("abs_sum", abs(s["sum"]))
+            o["abs_sum"] += s["abs_sum"]
             o["negative"] += s["negative"]
             for key, pick in (("min", min), ("max", max)):
                 if s[key] is not None:
