@@ -53,9 +53,9 @@ def subset(data: Path, n: int, workdir: Path) -> Path:
 
 
 def rendered_examples(path: Path, tokenizer):
-    from tokensft.preprocess.formats import FormatSpec, detect_format, to_example
-    from tokensft.preprocess.readers import iter_rows
-    from tokensft.preprocess.render import Renderer
+    from tokensft.records.formats import FormatSpec, detect_format, to_example
+    from tokensft.records.readers import iter_rows
+    from tokensft.records.render import Renderer
 
     renderer, spec, out = Renderer(tokenizer), FormatSpec(), []
     for row in iter_rows(path):
@@ -85,7 +85,7 @@ def method_bare(path: Path, model_name: str, batch_tokens: int | None) -> dict:
     import torch
 
     from tokensft.core import models
-    from tokensft.preprocess.scorer import default_batch_tokens, plan_batches
+    from tokensft.core.scorer import default_batch_tokens, plan_batches
 
     loaded = models.load_model(model_name)
     examples = rendered_examples(path, loaded.tokenizer)

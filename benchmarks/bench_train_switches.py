@@ -124,8 +124,8 @@ def child(args) -> None:
 def gsm8k_lengths(path: Path, model: str) -> np.ndarray:
     """Token counts of GSM8K records rendered exactly as `tokensft score` renders them (chat template)."""
     from tokensft.core.models import load_tokenizer, resolve_model_dir
-    from tokensft.preprocess.formats import FormatSpec, to_example
-    from tokensft.preprocess.render import Renderer
+    from tokensft.records.formats import FormatSpec, to_example
+    from tokensft.records.render import Renderer
 
     render = Renderer(load_tokenizer(resolve_model_dir(model)[0]))
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -138,8 +138,8 @@ def gsm8k_rows(path: Path, model: str):
     import pyarrow as pa
 
     from tokensft.core.models import load_tokenizer, resolve_model_dir
-    from tokensft.preprocess.formats import FormatSpec, to_example
-    from tokensft.preprocess.render import Renderer
+    from tokensft.records.formats import FormatSpec, to_example
+    from tokensft.records.render import Renderer
 
     render = Renderer(load_tokenizer(resolve_model_dir(model)[0]))
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -23,9 +23,9 @@ from tokensft.cli import main
 from tokensft.preprocess import rescore
 from tokensft.preprocess.enrich import assemble as enrich_module
 from tokensft.preprocess.enrich import jobs
-from tokensft.preprocess.formats import FormatSpec, to_example
+from tokensft.records.formats import FormatSpec, to_example
 from tokensft.core.masks import parse_mask
-from tokensft.preprocess.render import Renderer
+from tokensft.records.render import Renderer
 from tokensft.core.schema import IGNORE_INDEX
 
 CHATS = [

@@ -1,5 +1,5 @@
 """`tokensft eval` end to end on a tiny model: its rows equal a plain render + `model.generate` loop,
-its teacher-forced numbers are the scoring pass's, and a killed run resumes to the clean result."""
+its teacher-forced numbers those of a plain forward per record, and a killed run resumes to the clean result."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from tokensft.evaluate import run as eval_run
 from tokensft.evaluate.answers import parse_metric
 from tokensft.evaluate.config import EvalConfig
 from tokensft.evaluate.run import evaluate
-from tokensft.preprocess.formats import FormatSpec, to_example
-from tokensft.preprocess.render import Renderer
+from tokensft.records.formats import FormatSpec, to_example
+from tokensft.records.render import Renderer
 
 RECORDS = [
     {"id": "q0", "question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"},
@@ -63,6 +63,20 @@ def _rows(directory) -> list[dict]:
     return pq.read_table(directory / "examples.parquet").to_pylist()
 
 
+def _naive_target_logprobs(model_dir) -> list[float]:
+    """log p of every target token of RECORDS, rendered as score renders them, from one unbatched forward each."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    renderer = Renderer(tokenizer, "auto", model.config.max_position_embeddings)
+    out = []
+    for i, record in enumerate(RECORDS):
+        rendered = renderer(to_example(record, FormatSpec(), f"line {i + 1}", "prompt-response"), "x")
+        with torch.no_grad():
+            logprob = torch.log_softmax(model(torch.tensor([rendered.input_ids])).logits[0].float(), dim=-1)
+        out += [logprob[t - 1, y].item() for t, y in enumerate(rendered.labels) if y != -100]
+    return out
+
+
 def test_eval_equals_a_plain_generate_loop(tmp_path, tiny_dirs, family):
     config = _config(tmp_path, tiny_dirs[family])
     summary = evaluate(config)
@@ -74,9 +88,8 @@ def test_eval_equals_a_plain_generate_loop(tmp_path, tiny_dirs, family):
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert results["accuracy"] == pytest.approx(sum(r["correct"] for r in naive) / len(naive))
     assert results["counts"] == {"read": 5, "evaluated": 5, "skipped": {}}
-    # teacher-forced numbers: the scoring pass's own, recomputed here from its rows
-    ds = tokensft.load(tmp_path / "eval" / "scored")
-    logprobs = [lp for row in ds for lp, y in zip(row["logprob"], row["labels"]) if y != -100]
+    # teacher-forced numbers: every target of every record under a plain full-logits forward
+    logprobs = _naive_target_logprobs(tiny_dirs[family])
     tf = results["teacher_forced"]
     assert tf["targets"] == len(logprobs)
     assert tf["mean_p"] == pytest.approx(sum(torch.tensor(logprobs).exp().tolist()) / len(logprobs), rel=1e-6)

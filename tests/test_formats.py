@@ -5,8 +5,8 @@ import math
 import pytest
 
 from tokensft.core.errors import ConfigError, InputError
-from tokensft.preprocess.formats import FormatSpec, Message, detect_format, stable_id, to_example
-from tokensft.preprocess.weights import WeightRules
+from tokensft.records.formats import FormatSpec, Message, detect_format, stable_id, to_example
+from tokensft.records.weights import WeightRules
 
 WHERE = "data.jsonl line 12"
 

@@ -11,8 +11,18 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "tokensft"
-STAGES = ("preprocess", "train", "analysis", "reports")
 MAX_LINES = 400
+# The floors of the house, bottom up. A package imports only from floors below its own (and from
+# itself); the stages on one floor never import each other.
+FLOORS = {
+    "core": 0,  # the Arrow contract (schema, reader), models and the model pass, files, locks, run identity
+    "records": 1,  # SFT records: read, normalized, rendered into token ids with target spans
+    "preprocess": 2, "train": 2, "analysis": 2,  # the stages that write scored datasets, train on them, compute
+    "reports": 3,  # draws what analysis computes, words what commands print
+    "evaluate": 4,  # measures: trains arms (train), draws the sweep (reports), reads the guidance (analysis)
+    "commands": 5,  # the command line (commands/, cli, __main__): wires every stage
+}
+STAGES = ("preprocess", "train", "analysis", "reports", "evaluate")
 
 
 def _module_name(path: Path) -> str:
@@ -24,9 +34,23 @@ def _modules() -> dict[str, Path]:
     return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
+def _binds(package: Path, name: str) -> bool:
+    """Whether a package's __init__ binds `name` itself (`from .summary import summary` makes
+    `tokensft.analysis.summary` the function, not the module)."""
+    init = package / "__init__.py"
+    if not init.is_file():
+        return False
+    for node in ast.parse(init.read_text(encoding="utf-8")).body:  # module level: a lazy __getattr__'s imports bind nothing
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and any((a.asname or a.name) == name for a in node.names):
+            return True
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name:
+            return True
+    return False
+
+
 def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
     """The tokensft modules `path` imports, anywhere in the file: `from a.b import c` counts as a.b.c
-    when c is a module, else as a.b."""
+    when c is a module that a.b's __init__ does not shadow with a name of its own, else as a.b."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -34,7 +58,8 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tokensft"):
             for alias in node.names:
                 full = f"{node.module}.{alias.name}"
-                out.add(full if full in modules else node.module)
+                package = SRC.joinpath(*node.module.split("."))
+                out.add(full if full in modules and not _binds(package, alias.name) else node.module)
     return out
 
 
@@ -43,25 +68,56 @@ def _graph() -> dict[str, set[str]]:
     return {name: _imports(path, modules) for name, path in modules.items()}
 
 
-def _stage(module: str) -> str | None:
+def _package(module: str) -> str | None:
+    """The top-level package of a tokensft module (core, records, train, ...; None for `tokensft` itself).
+    cli and __main__ are rooms of the command line, with commands/."""
     parts = module.split(".")
-    return parts[1] if len(parts) > 1 and parts[1] in (*STAGES, "core") else None
+    if len(parts) == 1:
+        return None
+    return "commands" if parts[1] in ("cli", "__main__") else parts[1]
 
 
-def test_core_imports_no_stage():
-    bad = [(m, i) for m, imports in _graph().items() if _stage(m) == "core" for i in imports if _stage(i) in STAGES]
-    assert not bad, f"core/ must not import a stage: {bad}"
+def test_every_package_has_a_floor():
+    packages = {_package(m) for m in _modules()} - {None}
+    assert packages <= set(FLOORS), f"give each package its floor in FLOORS: {sorted(packages - set(FLOORS))}"
 
 
-def test_train_analysis_reports_never_import_preprocess():
-    bad = [(m, i) for m, imports in _graph().items() if _stage(m) in ("train", "analysis", "reports")
-           for i in imports if _stage(i) == "preprocess"]
-    assert not bad, f"only preprocess/ (and the CLI) may import tokensft.preprocess: {bad}"
+def test_every_import_goes_down_a_floor():
+    """core imports no other package, records only core, a stage never a stage of its own floor or above."""
+    bad = [(m, i) for m, imports in _graph().items() if _package(m) is not None for i in imports
+           if _package(i) is not None and _package(i) != _package(m) and FLOORS[_package(i)] >= FLOORS[_package(m)]]
+    assert not bad, f"an import up or across a floor: {bad}"
+
+
+def test_no_stage_imports_preprocess():
+    """Reading and rendering records is the records floor's; the scoring stage is wired by the command line alone."""
+    bad = [(m, i) for m, imports in _graph().items() if _package(m) in STAGES and _package(m) != "preprocess"
+           for i in imports if _package(i) == "preprocess"]
+    assert not bad, f"only preprocess/ and the command line may import tokensft.preprocess: {bad}"
+
+
+def test_a_stage_enters_another_through_its_door():
+    """A stage uses another stage's package names (`from tokensft.train import train`), never its modules."""
+    bad = [(m, i) for m, imports in _graph().items() if _package(m) in STAGES for i in imports
+           if _package(i) in STAGES and _package(i) != _package(m) and i != f"tokensft.{_package(i)}"]
+    assert not bad, f"import the stage's package, not its internals: {bad}"
+
+
+def test_the_floor_checks_can_fail():
+    """The rules above on a made-up graph: each violation is found."""
+    graph = {"tokensft.core.a": {"tokensft.records.b"}, "tokensft.evaluate.c": {"tokensft.preprocess.d"},
+             "tokensft.reports.e": {"tokensft.analysis.f"}, "tokensft.train.g": {"tokensft.analysis"}}
+    up = [(m, i) for m, imports in graph.items() for i in imports if FLOORS[_package(i)] >= FLOORS[_package(m)]]
+    assert up == [("tokensft.core.a", "tokensft.records.b"), ("tokensft.train.g", "tokensft.analysis")]
+    through_the_wall = [(m, i) for m, imports in graph.items() for i in imports if i != f"tokensft.{_package(i)}"
+                        and _package(i) in STAGES and _package(m) in STAGES]
+    assert through_the_wall == [("tokensft.evaluate.c", "tokensft.preprocess.d"), ("tokensft.reports.e",
+                                                                                  "tokensft.analysis.f")]
 
 
 def test_analysis_draws_nothing_and_trains_nothing():
-    bad = [(m, i) for m, imports in _graph().items() if _stage(m) == "analysis"
-           for i in imports if _stage(i) in ("reports", "train", "preprocess")]
+    bad = [(m, i) for m, imports in _graph().items() if _package(m) == "analysis"
+           for i in imports if _package(i) in ("reports", "train", "preprocess", "evaluate")]
     assert not bad, f"analysis/ computes; reports/ draws: {bad}"
 
 
@@ -120,3 +176,46 @@ def test_the_command_line_builds_without_heavy_imports():
             f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}); assert not heavy, heavy[:5]")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+WALK = """
+import json, sys
+from tokensft.commands import evaluate
+from tokensft.commands.common import Parser
+
+parser = Parser(prog="tokensft")
+evaluate.add(parser.add_subparsers(dest="command", required=True))  # eval's and sweep's flags alone
+for argv in json.loads(sys.argv[1]):
+    args = parser.parse_args(argv)
+    args.argv = argv
+    assert args.func(args) == 0, argv
+print(json.dumps(sorted(m for m in sys.modules if m.startswith("tokensft"))))
+"""
+
+
+def test_an_eval_and_a_sweep_never_enter_preprocess(tmp_path, tiny_dirs):
+    """The walk of an eval's (and a sweep's) config from commands/evaluate through the house, run for
+    real in a fresh process: every module it imports, deferred ones included, is on a floor the
+    eval may stand on, and none is tokensft.preprocess."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import write_jsonl
+    from test_enrich import scored
+
+    data = scored(tmp_path, tiny_dirs["bpe"])  # the sweep's training data, made here (by score) beforehand
+    heldout = write_jsonl(tmp_path / "heldout.jsonl", [{"question": "What is 2 + 2?", "answer": "#### 4"},
+                                                       {"question": "Hi", "answer": "#### 0"}])
+    model = str(tiny_dirs["bpe"])
+    runs = [["eval", model, str(heldout), "-o", str(tmp_path / "eval"), "--max-new-tokens", "4", "-q"],
+            ["sweep", str(data), "--objectives", "nll", "--eval", str(heldout), "-o", str(tmp_path / "sweep"),
+             "--model", model, "--max-steps", "1", "--max-new-tokens", "4", "-q"]]
+    done = subprocess.run([sys.executable, "-c", WALK, json.dumps(runs)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    entered = json.loads(done.stdout.splitlines()[-1])
+    assert (tmp_path / "eval" / "results.json").is_file() and (tmp_path / "sweep" / "results.json").is_file()
+    assert not [m for m in entered if _package(m) == "preprocess"], entered
+    rooms = {_package(m) for m in entered} - {None}
+    assert rooms == {"commands", "core", "records", "evaluate", "train", "analysis", "reports"}, rooms
+    assert {"tokensft.records.render", "tokensft.core.scorer", "tokensft.evaluate.teacher_forced"} <= set(entered)

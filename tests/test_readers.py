@@ -8,7 +8,7 @@ import os
 import pytest
 
 from tokensft.core.errors import ConfigError, InputError
-from tokensft.preprocess.readers import count_rows, detect_kind, display_name, input_fingerprint, iter_rows
+from tokensft.records.readers import count_rows, detect_kind, display_name, input_fingerprint, iter_rows
 
 RECORDS = [
     {"prompt": "What is 2+2?", "response": "4"},
@@ -180,7 +180,7 @@ def test_unreadable_file(tmp_path):
 
 def test_unreadable_file_when_running_as_root(tmp_path, monkeypatch):
     """Root reads a chmod 000 file anyway; pretend the permission check failed to cover the message."""
-    import tokensft.preprocess.readers as readers
+    import tokensft.records.readers as readers
 
     path = write_jsonl(tmp_path / "secret.jsonl", RECORDS)
     monkeypatch.setattr(readers.os, "access", lambda p, mode: False)

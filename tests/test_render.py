@@ -7,8 +7,8 @@ import pytest
 from conftest import TOKENIZERS
 
 from tokensft.core.errors import ConfigError
-from tokensft.preprocess.formats import FormatSpec, detect_format, to_example
-from tokensft.preprocess.render import Renderer, label_tokens
+from tokensft.records.formats import FormatSpec, detect_format, to_example
+from tokensft.records.render import Renderer, label_tokens
 from tokensft.core.schema import IGNORE_INDEX
 
 RECORDS = {
@@ -152,7 +152,7 @@ def test_template_error_is_an_input_error():
 def test_target_tokens_give_the_first_char_inside_the_span():
     """What weights read: a token straddling the prompt/response boundary starts, for its weight,
     at the span's first character; the closing special token is marked -1."""
-    from tokensft.preprocess.render import target_tokens
+    from tokensft.records.render import target_tokens
 
     text = "hi|yo<e>"
     offsets = [(0, 1), (1, 3), (3, 5), (5, 8), (8, 8)]

@@ -125,7 +125,7 @@ def test_two_ranks_equal_one(tmp_path, tiny_dirs, capsys):
 
 
 def test_rank_from_environment(monkeypatch):
-    from tokensft.preprocess.config import env_rank as _env_rank
+    from tokensft.core.identity import env_rank as _env_rank
 
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")

@@ -8,11 +8,11 @@ import pytest
 import torch
 from conftest import TOKENIZERS, make_model
 
-from tokensft.preprocess.formats import Example, Message
-from tokensft.preprocess.render import Renderer
-from tokensft.preprocess.scorer import Scorer, plan_batches
+from tokensft.records.formats import Example, Message
+from tokensft.records.render import Renderer
+from tokensft.core.scorer import Scorer, plan_batches
 from tokensft.core.head import LogitHead
-from tokensft.preprocess.scoring import score_hidden
+from tokensft.core.scoring import score_hidden
 from tokensft.core.schema import IGNORE_INDEX
 
 QUESTIONS = [

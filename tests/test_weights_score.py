@@ -17,9 +17,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import tokensft
 from tokensft.cli import main
 from tokensft.core.schema import IGNORE_INDEX
-from tokensft.preprocess.formats import FormatSpec, detect_format, to_example
-from tokensft.preprocess.render import Renderer, chat_spans, plain_spans
-from tokensft.preprocess.weights import WeightRules
+from tokensft.records.formats import FormatSpec, detect_format, to_example
+from tokensft.records.render import Renderer, chat_spans, plain_spans
+from tokensft.records.weights import WeightRules
 
 ANSWER = "Janet has 16 eggs. She eats 3 and bakes 4 into muffins; she sells the rest for $2 each."
 

@@ -11,7 +11,8 @@ Drawing lives in tokensft.reports; nothing here plots.
 """
 
 from tokensft.analysis.compare import align, compare
-from tokensft.analysis.continuum import REFERENCE_POINTS, STRONG_MIN, WEAK_MAX, continuum, recommend, regime
+from tokensft.analysis.continuum import (REFERENCE_POINTS, STRONG_MIN, WEAK_MAX, agreement, continuum, recommend,
+                                        regime)
 from tokensft.analysis.drift import mask_drift
 from tokensft.analysis.enrichment import mask_stats, reference_stats, teacher_kl, teacher_stats
 from tokensft.analysis.stats import (by_class, by_position, cdf, entropy_vs_probability, extreme_examples, overview,
@@ -20,13 +21,13 @@ from tokensft.analysis.summary import enrichment_parts, summary
 from tokensft.analysis.tables import jsonable
 from tokensft.analysis.targets import Targets, load_targets
 from tokensft.analysis.token_classes import CLASSES, classify_text, classify_vocab, target_classes, token_strings
-from tokensft.analysis.weights import (extreme_tokens, prompt_split, weight_by_class, weight_by_position,
+from tokensft.analysis.weights import (extreme_tokens, prompt_split, summarize, weight_by_class, weight_by_position,
                                        weight_distribution, weight_histogram, weight_provenance, weight_stats)
 
 __all__ = [
-    "CLASSES", "REFERENCE_POINTS", "STRONG_MIN", "WEAK_MAX", "Targets", "align", "by_class", "by_position", "cdf",
+    "CLASSES", "REFERENCE_POINTS", "STRONG_MIN", "WEAK_MAX", "Targets", "agreement", "align", "by_class", "by_position", "cdf",
     "classify_text", "classify_vocab", "compare", "continuum", "enrichment_parts", "entropy_vs_probability", "extreme_examples", "jsonable",
     "load_targets", "mask_drift", "mask_stats", "overview", "probability_histogram", "quantiles", "recommend", "reference_stats",
-    "regime", "summary", "target_classes", "teacher_kl", "teacher_stats", "token_strings", "extreme_tokens", "prompt_split",
+    "regime", "summarize", "summary", "target_classes", "teacher_kl", "teacher_stats", "token_strings", "extreme_tokens", "prompt_split",
     "weight_by_class", "weight_by_position", "weight_distribution", "weight_histogram", "weight_provenance", "weight_stats",
 ]

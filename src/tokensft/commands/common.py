@@ -51,8 +51,8 @@ def given(args, config_class, exclude: tuple[str, ...] = ()) -> dict:
 
 def add_run_flags(parser, ranks: str) -> None:
     """The flags every model pass shares (score; enrich's references and teacher), defined once:
-    fields of preprocess.config.RunConfig, whose defaults the help shows."""
-    from tokensft.preprocess.config import RunConfig as D
+    fields of core.identity.RunConfig, whose defaults the help shows."""
+    from tokensft.core.identity import RunConfig as D
 
     r = parser.add_argument_group("model passes")
     r.add_argument("--batch-tokens", type=int, help="padded tokens per forward batch (default: 8192 on CUDA, 1024 on CPU)")
@@ -71,8 +71,8 @@ def add_run_flags(parser, ranks: str) -> None:
 def add_record_flags(p, rendering: str):
     """The flags that say how to read and render records (score, and eval's held-out records):
     fields of FormatSpec and ScoreConfig's template / max length. Returns the two groups."""
-    from tokensft.preprocess.formats import FORMATS, FormatSpec as F
-    from tokensft.preprocess.render import TEMPLATES
+    from tokensft.records.formats import FORMATS, FormatSpec as F
+    from tokensft.records.render import TEMPLATES
 
     g = p.add_argument_group("input records")
     g.add_argument("--format", choices=["auto", *FORMATS],

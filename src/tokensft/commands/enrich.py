@@ -23,7 +23,7 @@ class _RefName(argparse.Action):
 
 
 def add_enrich_flags(g, teacher_top_k: str) -> None:
-    from tokensft.preprocess.render import TEMPLATES
+    from tokensft.records.render import TEMPLATES
 
     g.add_argument("--mask", action="append", default=[], metavar="SPEC",
                    help="add a mask column mask_<name> (repeatable): prob>=T (ProFit: 0.1), prob<=T, prob-between:A:B, "
@@ -55,7 +55,7 @@ EXPLICIT = ("input", "output", "masks", "weights", "refs", "ref_names", "teacher
 
 
 def enrich_config(args, input: str, top_k: int, output: str | None = None, **fixed):
-    from tokensft.preprocess.config import RunConfig
+    from tokensft.core.identity import RunConfig
     from tokensft.preprocess.enrich import EnrichConfig
 
     names = getattr(args, "ref_names_by_index", None) or {}

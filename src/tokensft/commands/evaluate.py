@@ -37,14 +37,15 @@ def add(sub) -> None:
         "results.json; a killed run resumes.")
     p.add_argument("model", help="a local HF directory, a `tokensft train` output, a .gguf file, or smollm2-135m-instruct")
     p.add_argument("input", help="held-out records, in any format `tokensft score` reads")
-    p.add_argument("--output", "-o", required=True, help="eval directory (results.json, examples.parquet, scored/)")
+    p.add_argument("--output", "-o", required=True, help="eval directory (results.json, examples.parquet)")
     d = _add_decoding(p)
     d.add_argument("--seed", type=nonnegative_int, help=f"sampling seed (default {D.seed})")
     g, r = add_record_flags(p, "rendering")
     g.add_argument("--skip-invalid", action="store_true", default=None, help="skip invalid rows, counted by reason")
     r.add_argument("--shard-size", type=int, help=f"input rows per part, the unit of resume (default {D.shard_size})")
     r.add_argument("--teacher-forced", action=argparse.BooleanOptionalAction, default=None,
-                   help="also score the records (DIR/scored): held-out mean target p and NLL per token (default)")
+                   help="also score the records teacher-forced, as `tokensft score` would: held-out mean target p "
+                        "and NLL per token (default)")
     add_run_flags(p, ranks="input chunk k is evaluated by rank k mod world size")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
                    help="continue an interrupted run with the same settings (default); --no-resume starts it over")
@@ -56,7 +57,7 @@ def add(sub) -> None:
 def run_eval(args) -> int:
     from tokensft.evaluate.config import EvalConfig
     from tokensft.evaluate.run import evaluate
-    from tokensft.preprocess.formats import FormatSpec
+    from tokensft.records.formats import FormatSpec
 
     config = EvalConfig(model=args.model, input=args.input, output=args.output,
                         format=FormatSpec(**given(args, FormatSpec)), command=shlex.join(["tokensft", *args.argv]),
@@ -94,7 +95,7 @@ def _add_sweep(sub) -> None:
 def run_sweep(args) -> int:
     from tokensft.evaluate.config import EvalConfig
     from tokensft.evaluate.sweep import SweepConfig, sweep
-    from tokensft.preprocess.formats import FormatSpec
+    from tokensft.records.formats import FormatSpec
     from tokensft.train.config import TrainConfig
 
     try:

@@ -51,7 +51,7 @@ def add(sub) -> None:
 
 def run(args) -> int:
     from tokensft.preprocess.config import ScoreConfig
-    from tokensft.preprocess.formats import FormatSpec
+    from tokensft.records.formats import FormatSpec
     from tokensft.preprocess.run import score
 
     config = ScoreConfig(input=args.input, output=args.output, format=FormatSpec(**given(args, FormatSpec)),

@@ -150,7 +150,9 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto") -> LoadedMo
     """Resolve `spec`, then load its fast tokenizer and its model in eval mode on `device`."""
     _offline()
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the command's own bar is the one to watch; theirs interleaves on stderr
     picked_device = pick_device(device)
     picked_dtype = pick_dtype(dtype, picked_device)
     path, name = resolve_model_dir(spec)

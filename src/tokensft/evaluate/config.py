@@ -1,7 +1,7 @@
 """`tokensft eval`'s settings: one dataclass, its defaults and checks (no torch: the CLI reads it).
 
-The run flags (batch tokens, dtype, device, rank, quiet, ...) are RunConfig's, shared with score,
-which eval also runs for its teacher-forced numbers.
+The run flags (batch tokens, dtype, device, rank, quiet, ...) are `core.identity.RunConfig`'s,
+shared with score and enrich: eval's teacher-forced pass is the same model pass as score's.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from tokensft.core.errors import ConfigError
 from tokensft.evaluate.answers import parse_metric
-from tokensft.preprocess.config import RunConfig
-from tokensft.preprocess.formats import FormatSpec
+from tokensft.core.identity import RunConfig
+from tokensft.records.formats import FormatSpec
 
 
 @dataclass
@@ -30,7 +30,7 @@ class EvalConfig(RunConfig):
     format: FormatSpec = field(default_factory=FormatSpec)
     input_format: str | None = None
     template: str = "auto"
-    max_length: int | None = None  # prompts are cut as scoring cuts them (None: the model's context)
+    max_length: int | None = None  # prompt + completion fit in it; teacher-forced renders cut at it (None: context)
     shard_size: int = 1000  # input rows per part (the unit of resume)
     teacher_forced: bool = True  # also score the records: held-out mean target p and NLL per token
     resume: bool = True

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from tokensft.preprocess.scorer import plan_batches
+from tokensft.core.scorer import plan_batches
 
 
 def _pick(logits: torch.Tensor, temperature: float, generators: Sequence[torch.Generator] | None) -> torch.Tensor:

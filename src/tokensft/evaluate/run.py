@@ -6,9 +6,10 @@
         prompt     = the render up to the last target turn (score's Renderer, so the prompt tokens
                      are exactly those training saw before that turn)
         completion = generate(...)                  # greedy, or seeded samples (avg@N)
-        part k     = one row per (example, sample)  # atomic: a killed run redoes only chunk k
-    teacher-forced numbers: DIR/scored, a `tokensft score` of the same records under the same model
-    when every part exists and DIR/scored is finished: examples.parquet, then results.json
+        teacher    = the chunk's valid records scored teacher-forced (teacher_forced.py): target sums
+        part k     = one row per (example, sample), the sums in its metadata  # atomic: a killed run
+                                                                              # redoes only chunk k
+    when every part exists: examples.parquet, then results.json
 
     DIR/.tokensft/run.json     what decides the results (a rerun with other settings is refused)
     DIR/.tokensft/parts/       one part per chunk
@@ -32,19 +33,20 @@ from tokensft import __version__
 from tokensft.core.counts import Counts
 from tokensft.core.errors import ConfigError, InputError
 from tokensft.core.fileio import atomic_write
+from tokensft.core.identity import changed_keys
 from tokensft.core.locks import OutputLock, RankLock
 from tokensft.core.progress import Progress
 from tokensft.core.schema import IGNORE_INDEX, STATE_DIR
+from tokensft.evaluate import teacher_forced
 from tokensft.evaluate.answers import parse_metric
 from tokensft.evaluate.config import EvalConfig
-from tokensft.preprocess.formats import Example, to_example
-from tokensft.preprocess.output import changed_keys
-from tokensft.preprocess.readers import count_rows, detect_kind, input_fingerprint, iter_rows, pending_chunks
-from tokensft.preprocess.render import Renderer
-from tokensft.preprocess.run import detect_record_format, validate_rows
+from tokensft.records.formats import Example, Message, to_example
+from tokensft.records.readers import count_rows, detect_kind, input_fingerprint, iter_rows, pending_chunks
+from tokensft.records.render import Renderer
+from tokensft.records.validate import detect_record_format, validate_rows
 
-RESULTS, EXAMPLES, SCORED = "results.json", "examples.parquet", "scored"
-OUR_FILES = {RESULTS, EXAMPLES, SCORED, STATE_DIR, ".tokensft.lock"}
+RESULTS, EXAMPLES = "results.json", "examples.parquet"
+OUR_FILES = {RESULTS, EXAMPLES, STATE_DIR, ".tokensft.lock", "scored"}  # scored/: what versions <= 0.1 wrote
 PART_COLUMNS = pa.schema([
     ("id", pa.string()), ("sample", pa.int32()), ("prompt", pa.string()), ("completion", pa.string()),
     ("answer", pa.string()), ("reference", pa.string()), ("correct", pa.bool_()),
@@ -85,13 +87,13 @@ def evaluate(config: EvalConfig) -> dict:
                 return {"status": "already-finished", "output": str(directory), "results": _read_results(directory)}
             held.enter_context(RankLock(directory, config.rank))
         pending = [k for k in range(num_chunks) if k % config.world_size == config.rank and not _part_ok(directory, k)]
-        counts = _generate_chunks(config, kind, fmt, renderer, limit, loaded, metric, directory, set(pending), num_rows)
-        del loaded
-        scored = _teacher_forced(config, directory) if config.teacher_forced else None
+        teacher = teacher_forced.TeacherForced(loaded, renderer.template, limit, config.batch_tokens,
+                                               config.chunk_size) if config.teacher_forced else None
+        counts = _generate_chunks(config, kind, fmt, renderer, limit, loaded, metric, teacher, directory, set(pending),
+                                  num_rows)
     with OutputLock(directory):
-        done = all(_part(directory, k).is_file() for k in range(num_chunks))
-        if done and (scored is None or scored["status"] in ("finished", "already-finished")):
-            results = _finish(config, directory, identity, num_chunks, scored)
+        if all(_part(directory, k).is_file() for k in range(num_chunks)):
+            results = _finish(config, directory, identity, num_chunks)
             return {"status": "finished", "output": str(directory), "results": results}
     return {"status": "rank-done", "output": str(directory), "rank": config.rank, "counts": counts}
 
@@ -180,8 +182,6 @@ def stop_ids(tokenizer, renderer: Renderer, generation_eos=None) -> set[int]:
     and the end-of-turn token the template puts after an answer (the last target token of a probe
     conversation, when it is a special token, as the renderer counts them). An end of turn written
     as plain text (no special token) is not a stop: such completions end at --max-new-tokens."""
-    from tokensft.preprocess.formats import Message
-
     out = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     out |= set(generation_eos if isinstance(generation_eos, (list, tuple, set)) else
                [generation_eos] if generation_eos is not None else [])
@@ -191,32 +191,37 @@ def stop_ids(tokenizer, renderer: Renderer, generation_eos=None) -> set[int]:
     return out | {y for y in last if y in renderer.special_ids}
 
 
-def _generate_chunks(config, kind, fmt, renderer, limit, loaded, metric, directory, pending, num_rows) -> Counts:
-    """Generate every chunk in `pending`, streaming the input once; one part file per chunk."""
+def _generate_chunks(config, kind, fmt, renderer, limit, loaded, metric, teacher, directory, pending,
+                     num_rows) -> Counts:
+    """Generate (and score teacher-forced) every chunk in `pending`, streaming the input once; one part per chunk."""
     counts = Counts(read=0, evaluated=0, skipped={})
     generation = getattr(loaded.model, "generation_config", None)
     stops = stop_ids(loaded.tokenizer, renderer, getattr(generation, "eos_token_id", None))
     progress = Progress(total_rows=sum(min(config.shard_size, num_rows - k * config.shard_size) for k in pending),
                         disable=config.quiet, desc="generating", rate="new tok/s")
     for k, rows in pending_chunks(iter_rows(config.input, kind=kind), config.shard_size, pending):
-        counts.merge(_generate_chunk(config, fmt, renderer, limit, loaded, metric, stops, directory, k, rows, progress))
+        counts.merge(_generate_chunk(config, fmt, renderer, limit, loaded, metric, teacher, stops, directory, k, rows,
+                                     progress))
     for k in sorted(k for k in pending if not _part(directory, k).is_file()):  # chunks the input never filled
-        _write_part(directory, k, [], Counts(read=0, evaluated=0, skipped={}))
+        _write_part(directory, k, [], Counts(read=0, evaluated=0, skipped={}), teacher_forced.ZERO if teacher else None)
     progress.close()
     return counts
 
 
-def _generate_chunk(config, fmt, renderer, limit, loaded, metric, stops, directory, chunk, rows, progress) -> Counts:
+def _generate_chunk(config, fmt, renderer, limit, loaded, metric, teacher, stops, directory, chunk, rows,
+                    progress) -> Counts:
+    from tokensft.core.scorer import default_batch_tokens
     from tokensft.evaluate.generate import generate
-    from tokensft.preprocess.scorer import default_batch_tokens
 
     counts = Counts(read=len(rows), evaluated=0, skipped={})
     todo = []  # (example id, sample, prompt ids, reference)
+    scored = []  # (example, where): every valid record, teacher-forced, whether or not it has a prompt to answer
     for row in rows:
         try:
             if row.error is not None:
                 raise row.error
             example = to_example(row.record, config.format, row.where, fmt)
+            scored.append((example, row.where))
             prompt, reference = eval_prompt(example, renderer, row.where, limit, config.max_new_tokens)
         except InputError as exc:
             if not config.skip_invalid:
@@ -238,36 +243,23 @@ def _generate_chunk(config, fmt, renderer, limit, loaded, metric, stops, directo
         out.append({"id": example_id, "sample": sample, "prompt": tokenizer.decode(prompt), "completion": text,
                     "answer": metric.extract(text), "reference": reference, "correct": metric.correct(text, reference),
                     "prompt_tokens": len(prompt), "new_tokens": len(ids), "stopped": stopped})
-    _write_part(directory, chunk, out, counts)
+    _write_part(directory, chunk, out, counts, teacher.score(scored) if teacher else None)
     progress.update(rows=len(rows), targets=sum(r["new_tokens"] for r in out))
     return counts
 
 
-def _write_part(directory: Path, chunk: int, rows: list[dict], counts: Counts) -> None:
-    table = pa.Table.from_pylist(rows, schema=PART_COLUMNS).replace_schema_metadata({"counts": json.dumps(counts)})
+def _write_part(directory: Path, chunk: int, rows: list[dict], counts: Counts, teacher_sums: dict | None) -> None:
+    metadata = {"counts": json.dumps(counts), "teacher_forced": json.dumps(teacher_sums)}
+    table = pa.Table.from_pylist(rows, schema=PART_COLUMNS).replace_schema_metadata(metadata)
     with atomic_write(_part(directory, chunk), "wb") as f:
         pq.write_table(table, f)
 
 
-def _teacher_forced(config: EvalConfig, directory: Path) -> dict:
-    """`tokensft score` of the same records under the same model, into DIR/scored (resumable as score is)."""
-    from tokensft.preprocess.config import ScoreConfig
-    from tokensft.preprocess.run import score
-
-    return score(ScoreConfig(
-        input=config.input, output=str(directory / SCORED), model=config.model, format=config.format,
-        input_format=config.input_format, template=config.template, max_length=config.max_length,
-        batch_tokens=config.batch_tokens, chunk_size=config.chunk_size, dtype=config.dtype, device=config.device,
-        rank=config.rank, world_size=config.world_size, skip_invalid=config.skip_invalid, quiet=config.quiet,
-        command=config.command, shard_size=config.shard_size, read_weights=False,
-    ))
-
-
-
-def _finish(config: EvalConfig, directory: Path, identity: dict, num_chunks: int, scored: dict | None) -> dict:
+def _finish(config: EvalConfig, directory: Path, identity: dict, num_chunks: int) -> dict:
     """examples.parquet (every part, in input order), then results.json (its presence = finished)."""
     parts = [pq.read_table(_part(directory, k)) for k in range(num_chunks)]
     counts = Counts.total((json.loads(p.schema.metadata[b"counts"]) for p in parts), read=0, evaluated=0, skipped={})
+    teacher_sums = [json.loads(p.schema.metadata[b"teacher_forced"]) for p in parts]
     table = pa.concat_tables(parts) if parts else PART_COLUMNS.empty_table()
     table = table.replace_schema_metadata(None)
     with atomic_write(directory / EXAMPLES, "wb") as f:
@@ -285,22 +277,12 @@ def _finish(config: EvalConfig, directory: Path, identity: dict, num_chunks: int
         "decoding": {k: identity[k] for k in ("max_new_tokens", "temperature", "samples", "seed")},
         "render": {"format": identity["format"], "template": identity["template"], "max_length": identity["max_length"]},
         "input": {"path": str(config.input), "fingerprint": identity["input_fingerprint"]},
-        "teacher_forced": _teacher_forced_numbers(directory / SCORED) if scored is not None else None,
+        "teacher_forced": teacher_forced.numbers(teacher_sums) if config.teacher_forced else None,
         "command": config.command, "tokensft_version": __version__, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     with atomic_write(directory / RESULTS, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2, sort_keys=True)
     return results
-
-
-def _teacher_forced_numbers(scored: Path) -> dict:
-    """Mean target p and NLL per target token of the scored records (every target turn)."""
-    from tokensft.analysis import load_targets
-
-    t = load_targets(scored, topk=False)
-    n = t.num_targets
-    return {"mean_p": float(t.prob.mean()) if n else None, "nll": float(-t.logprob.mean()) if n else None,
-            "targets": int(n), "scored": str(scored)}
 
 
 def _read_results(directory: Path) -> dict:

@@ -30,11 +30,11 @@ from tokensft import __version__
 from tokensft.core.dataset import load_metadata
 from tokensft.core.errors import ConfigError
 from tokensft.core.fileio import atomic_write
+from tokensft.core.identity import changed_keys
 from tokensft.core.locks import OutputLock
 from tokensft.core.masks import parse_mask
-from tokensft.preprocess.output import changed_keys
-from tokensft.preprocess.readers import input_fingerprint
-from tokensft.train.objectives import parse_objective
+from tokensft.records.readers import input_fingerprint
+from tokensft.train import parse_objective
 
 SWEEP_FILE, RESULTS, PAGE = "sweep.json", "results.json", "index.html"
 
@@ -174,7 +174,7 @@ def _prepare(directory: Path, identity: dict, overwrite: bool) -> None:
 
 
 def _train_config(config: SweepConfig, directory: Path, arm: Arm, seed: int):
-    from tokensft.train.config import TrainConfig
+    from tokensft.train import TrainConfig
 
     return TrainConfig(data=config.data, output=str(job_dir(directory, arm, seed) / "model"), objective=arm.objective,
                        mask=arm.mask, seed=seed, quiet=config.quiet, **config.train)
@@ -182,9 +182,8 @@ def _train_config(config: SweepConfig, directory: Path, arm: Arm, seed: int):
 
 def _eval_config(config: SweepConfig, directory: Path, arm: Arm | None, seed: int):
     from tokensft.evaluate.config import EvalConfig
-    from tokensft.train.config import TrainConfig
-
-    from tokensft.preprocess.formats import FormatSpec
+    from tokensft.records.formats import FormatSpec
+    from tokensft.train import TrainConfig
 
     model = str(job_dir(directory, arm, seed) / "model") if arm else config.train.get("model", TrainConfig.model)
     settings = {k: v for k, v in config.eval.items() if k != "format"}
@@ -196,7 +195,7 @@ def _eval_config(config: SweepConfig, directory: Path, arm: Arm | None, seed: in
 def run_job(config: SweepConfig, directory: Path, arm: Arm | None, seed: int) -> None:
     """Train (unless the baseline) and evaluate one job; both resume or skip when already done."""
     from tokensft.evaluate.run import evaluate
-    from tokensft.train.loop import train
+    from tokensft.train import train
 
     if arm is not None:
         train(_train_config(config, directory, arm, seed))
@@ -258,7 +257,7 @@ def aggregate(config: SweepConfig, directory: Path, arms: list[Arm]) -> dict:
         "eval": config.eval, "command": config.command, "tokensft_version": __version__,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    from tokensft.reports.sweep import sweep_page
+    from tokensft.reports import sweep_page
 
     with atomic_write(directory / PAGE, "w", encoding="utf-8") as f:
         f.write(sweep_page(results))
@@ -269,7 +268,6 @@ def aggregate(config: SweepConfig, directory: Path, arms: list[Arm]) -> dict:
 
 def guidance(data: str, rows: list[dict]) -> dict:
     """The report's heuristic advice for `data` beside the measurement (see analysis.continuum.agreement)."""
-    from tokensft.analysis import load_targets, summary
-    from tokensft.analysis.continuum import agreement
+    from tokensft.analysis import agreement, load_targets, summary
 
     return agreement(rows, summary(load_targets(data, topk=False))["recommendation"])

@@ -29,6 +29,7 @@ from tokensft.core.counts import Counts
 from tokensft.core.dataset import SHARD_RE, finished_chunks, read_schema, read_shard_info, shard_name
 from tokensft.core.errors import ConfigError
 from tokensft.core.fileio import atomic_write
+from tokensft.core.identity import changed_keys
 from tokensft.core.integrity import check_shard, discard, repair
 from tokensft.core.locks import OUTPUT_LOCK, rank_locked
 from tokensft.core.schema import METADATA_FILE, STATE_DIR, STATE_FILE
@@ -104,11 +105,6 @@ def prepare(directory: Path, run: dict, overwrite: bool, resume: bool = True) ->
     (directory / STATE_DIR).mkdir(exist_ok=True)
     write_json_atomic(directory / STATE_DIR / RUN_FILE, run)
     return "new"
-
-
-def changed_keys(old: dict, new: dict) -> list[str]:
-    """The keys whose values differ between two run identities (what a refusal names), sorted."""
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
 def missing_chunks(directory: Path, num_chunks: int) -> list[int]:

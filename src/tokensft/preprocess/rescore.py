@@ -20,9 +20,9 @@ from tokensft.core.counts import Counts
 from tokensft.core.dataset import flat_list
 from tokensft.core.errors import ConfigError, InputError
 from tokensft.core.schema import TEACHER_LOGPROB, TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS
-from tokensft.preprocess.formats import Example, Message
-from tokensft.preprocess.render import Rendered, Renderer
-from tokensft.preprocess.scorer import Scorer
+from tokensft.records.formats import Example, Message
+from tokensft.records.render import Rendered, Renderer
+from tokensft.core.scorer import Scorer
 from tokensft.preprocess.shards import list_array, topk_arrays
 
 

@@ -5,7 +5,7 @@
     drop_damaged(kept shards)                      # resuming: a shard that fails its record is rescored
     for each chunk of this rank without a shard:
         examples = to_example(row) -> Renderer     # invalid rows: error, or skipped and counted
-        scored   = Scorer.score(examples)          # length-bucketed batches
+        scored   = Scorer.score(examples)          # length-bucketed batches (core.scorer)
         write_shard(k)                             # atomic; a killed run redoes only chunk k
     finish(DIR) when every chunk has its shard     # the last rank to end does it
 
@@ -34,52 +34,22 @@ from tokensft import __version__
 from tokensft.core.counts import Counts
 from tokensft.core.errors import ConfigError, InputError
 from tokensft.core.locks import OutputLock, RankLock, rank_locked
-from tokensft.preprocess import output
-from tokensft.preprocess.formats import detect_format, to_example
 from tokensft.core.progress import Progress
-from tokensft.preprocess.readers import (SourceRow, count_rows, detect_kind, display_name, input_fingerprint, iter_rows,
-                                         pending_chunks)
-from tokensft.preprocess.render import Renderer
-from tokensft.preprocess.scorer import Scorer
+from tokensft.core.schema import SCHEMA_VERSION, STATE_DIR, WEIGHT, scored_schema
+from tokensft.core.scorer import Scorer
+from tokensft.preprocess import output
 from tokensft.preprocess.config import ScoreConfig
 from tokensft.preprocess.shards import build_table, scoring_counts, weight_counts, write_shard
-from tokensft.preprocess.weights import WeightRules, weight_sources
-from tokensft.core.schema import SCHEMA_VERSION, STATE_DIR, WEIGHT, scored_schema
+from tokensft.records.formats import to_example
+from tokensft.records.readers import (SourceRow, count_rows, detect_kind, display_name, input_fingerprint, iter_rows,
+                                      pending_chunks)
+from tokensft.records.render import Renderer
+from tokensft.records.validate import detect_record_format, validate_rows
+from tokensft.records.weights import WeightRules
 
 
 def _fingerprint(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def detect_record_format(config, kind: str) -> str:
-    """The record format: given, or detected on the first parseable record of the whole input
-    (the same record for every rank and every resume, so all agree). config: anything with `input`
-    and `format` (a FormatSpec): ScoreConfig, EvalConfig."""
-    if config.format.format != "auto":
-        return config.format.format
-    for row in iter_rows(config.input, kind=kind):
-        if row.record is not None:
-            return detect_format(row.record, config.format, row.where)
-    raise InputError(config.input, None, "no parseable record to detect the format from", fix="check the file")
-
-
-def validate_rows(config, kind: str, fmt: str, rules: WeightRules | None = None) -> set[str]:
-    """Parse and normalize every row once (no model), raising the first InputError (with
-    config.skip_invalid: ignoring the rows that fail). With `rules`, the weights are read too:
-    returns the kinds of weight the rows carry (example, turn, span; see `weight_sources`)."""
-    sources: set[str] = set()
-    for row in iter_rows(config.input, kind=kind):
-        try:
-            if row.error is not None:
-                raise row.error
-            example = to_example(row.record, config.format, row.where, fmt, rules)
-        except InputError:
-            if not config.skip_invalid:
-                raise
-            continue
-        if rules is not None:
-            sources |= weight_sources(example)
-    return sources
 
 
 def weight_settings(config: ScoreConfig, kind: str, fmt: str) -> tuple[WeightRules | None, set[str]]:

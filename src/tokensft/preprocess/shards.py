@@ -25,10 +25,10 @@ from tokensft.core.dataset import shard_name
 from tokensft.core.fileio import atomic_write
 from tokensft.core.integrity import write_record
 from tokensft.core.schema import CHUNK_KEY, FROM_PROMPT, MESSAGE_TYPE, TOPK_IDS, TOPK_LOGPROBS, WEIGHT
-from tokensft.preprocess.formats import Example
+from tokensft.records.formats import Example
 
 if TYPE_CHECKING:  # scorer imports torch: seconds that enriching masks never needs
-    from tokensft.preprocess.scorer import ScoredExample
+    from tokensft.core.scorer import ScoredExample
 
 
 def _offsets(lengths: Sequence[int]) -> pa.Array:

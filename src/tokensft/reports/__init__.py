@@ -14,7 +14,11 @@ def __getattr__(name: str):
         from tokensft.reports import build
 
         return getattr(build, name)
+    if name == "sweep_page":  # a sweep's index.html (`tokensft sweep`, `report --sweep`)
+        from tokensft.reports import sweep
+
+        return sweep.sweep_page
     raise AttributeError(name)
 
 
-__all__ = ["REPORT_FILES", "write_report"]
+__all__ = ["REPORT_FILES", "sweep_page", "write_report"]

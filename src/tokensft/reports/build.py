@@ -17,9 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from tokensft import __version__
-from tokensft.analysis import (cdf, classify_vocab, compare, enrichment_parts, entropy_vs_probability, jsonable,
-                               load_targets, mask_drift, probability_histogram, summary, token_strings)
-from tokensft.analysis.continuum import agreement
+from tokensft.analysis import (agreement, cdf, classify_vocab, compare, enrichment_parts, entropy_vs_probability,
+                               jsonable, load_targets, mask_drift, probability_histogram, summary, token_strings)
 from tokensft.core.dataset import load_metadata, read_rows, tokenizer_for
 from tokensft.core.errors import ConfigError
 from tokensft.core.fileio import exchange_dirs, temp_sibling

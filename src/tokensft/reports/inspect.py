@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokensft.analysis.weights import summarize, weight_provenance
+from tokensft.analysis import summarize, weight_provenance
 from tokensft.core.dataset import flat_list, load, load_metadata, read_table, shard_names, shard_paths, tokenizer_for
 from tokensft.core.errors import ConfigError
 from tokensft.core.integrity import UNVERIFIED, check_shard, repair

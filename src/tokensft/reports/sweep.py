@@ -44,7 +44,7 @@ def sweep_body(results: dict) -> str:
 def sweep_section(results: dict, recommendation: dict) -> tuple[str, str, str]:
     """The report's section for `tokensft report DATA --sweep DIR`: the measured ranking, judged
     against this report's own guidance."""
-    from tokensft.analysis.continuum import agreement
+    from tokensft.analysis import agreement
 
     judged = {**results, "guidance": agreement(results["arms"], recommendation)}
     note = (f'<p class="muted">Sweep {esc(results.get("data"))}: {len(results["arms"])} arms, seeds '

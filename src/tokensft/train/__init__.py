@@ -10,5 +10,21 @@
                  checkpoints, progress; output: what OUTPUT may be, its lock
     interop      the same loss inside transformers.Trainer or TRL's SFTTrainer
 
-It reads the dataset through `tokensft.core` and never imports `tokensft.preprocess`.
+It reads the dataset through `tokensft.core` and never imports `tokensft.preprocess`. Other
+stages (the sweep) enter through this package's names, `train`, `TrainConfig`, `parse_objective`,
+each imported only when asked for: the config and the catalogue need no torch.
 """
+
+_DOORS = {"train": "tokensft.train.loop", "TrainConfig": "tokensft.train.config",
+          "parse_objective": "tokensft.train.objectives"}
+
+
+def __getattr__(name: str):
+    if name in _DOORS:
+        import importlib
+
+        return getattr(importlib.import_module(_DOORS[name]), name)
+    raise AttributeError(name)
+
+
+__all__ = sorted(_DOORS)

@@ -21,9 +21,9 @@ from tokensft.core.models import (
     load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_dir, tokenizer_fingerprint, weights_hash,
 )
 from tokensft.core.schema import TEACHER_COLUMNS, TEACHER_LOGPROB, ref_column, ref_count_column
-from tokensft.preprocess.render import Renderer, resolve_template
+from tokensft.records.render import Renderer, resolve_template
 from tokensft.preprocess.rescore import check_ref_name, default_ref_name, reference_columns, teacher_columns
-from tokensft.preprocess.scorer import Scorer
+from tokensft.core.scorer import Scorer
 
 REF_TEMPLATE_FLAG = "--ref-template"  # what a reference's render errors suggest changing
 

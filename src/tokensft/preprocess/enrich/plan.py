@@ -22,7 +22,7 @@ from tokensft.core.masks import MaskSpec, parse_mask
 from tokensft.core.schema import METADATA_FILE, TEACHER_LOGPROB, WEIGHT_PREFIX, is_mask_column
 from tokensft.core.weights import WeightSpec, parse_weight
 from tokensft.preprocess import output
-from tokensft.preprocess.config import RunConfig
+from tokensft.core.identity import RunConfig
 from tokensft.preprocess.enrich.weights import check_reads, plan_weights
 
 if TYPE_CHECKING:  # jobs imports torch and transformers: seconds that masks alone never need

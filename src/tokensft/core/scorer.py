@@ -7,21 +7,32 @@
 
 The first batch is checked once against `model(input_ids).logits` so an architecture whose logits
 are not `LogitHead(backbone(x))` fails loudly instead of writing wrong numbers.
+
+One model pass for every stage: score, enrich's references and teacher, eval's teacher-forced
+numbers (and `plan_batches` for eval's generation). It scores anything with `input_ids` and
+`labels` (`records.render.Rendered`, a row read back from a shard), so it needs no record format.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from tokensft.core.errors import ModelError
-from tokensft.preprocess.render import Rendered
 from tokensft.core.head import LogitHead
-from tokensft.preprocess.scoring import score_hidden
+from tokensft.core.scoring import score_hidden
 from tokensft.core.schema import IGNORE_INDEX
+
+
+class Rendered(Protocol):
+    """What the scorer reads of an example: token ids and labels (IGNORE_INDEX off the targets), length T."""
+
+    input_ids: Sequence[int]
+    labels: Sequence[int]
 
 
 @dataclass

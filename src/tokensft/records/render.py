@@ -13,7 +13,7 @@ response text.
 
 Weights (a `weight` list aligned with input_ids, NaN where not a target) when the dataset is
 weighted: a target token takes example x turn x part weight of the target message it belongs to
-(`preprocess.weights`): the part holding the token's first non-space character inside the span, and for the
+(`records.weights`): the part holding the token's first non-space character inside the span, and for the
 closing special token, the turn's last part. With a prompt weight W != 0 (WIT, arXiv 2507.07817)
 every other token but the first (it has no prefix) becomes a target too: its label is its id,
 its weight W, and `from_prompt` marks it 1, template scaffolding included.
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 from tokensft.core.errors import ConfigError, InputError
 from tokensft.core.schema import IGNORE_INDEX
-from tokensft.preprocess.formats import Example, Message
-from tokensft.preprocess.weights import token_weights
+from tokensft.records.formats import Example, Message
+from tokensft.records.weights import token_weights
 
 TEMPLATES = ("auto", "chat", "plain")
 PLAIN_SEPARATOR = "\n"  # between turns in the plain render of a conversation

@@ -15,7 +15,7 @@ with "" (the joined text is what is rendered and stored). With `rules` (a `weigh
 top-level field, any format), per assistant turn, per part of an assistant turn (a target token
 weighs example x turn x part; one whose characters come from two parts takes the part of its first
 character inside the target span, the turn's closing special token its last part's: see
-`preprocess.weights`). Without `rules` (eval), weights are ignored.
+`records.weights`). Without `rules` (eval), weights are ignored.
 Every problem raises `InputError` naming the field and a `reason` (missing_field, empty_field,
 wrong_type, unknown_role, no_target_turn, unknown_format, bad_weight) that is counted when rows are
 skipped.
@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass
 
 from tokensft.core.errors import ConfigError, InputError
-from tokensft.preprocess.weights import TURN_KEY, WeightRules, parse_parts, parse_weight, refuse_on_prompt, untrained
+from tokensft.records.weights import TURN_KEY, WeightRules, parse_parts, parse_weight, refuse_on_prompt, untrained
 
 FORMATS = ("messages", "prompt-response", "alpaca", "text")
 TARGETS = ("all", "last")
