@@ -43,13 +43,13 @@ def hold():
 
 def test_no_wait_refuses_a_held_output_naming_its_holder(tmp_path, tiny_dirs, capsys, hold):
     _, scored = score_cli(tmp_path, tiny_dirs["bpe"], name="scored")
-    first = hold(tmp_path, ".scored.enrich.lock")  # the lock of an in-place enrichment
+    first = hold(tmp_path, ".scored.lock")  # the lock of an in-place enrichment
     assert main(["enrich", str(scored), "--mask", "prob>=0.1", "--no-wait", "-q"]) == 2
     second = hold(tmp_path / "out")
     code, _ = score_cli(tmp_path, tiny_dirs["bpe"], "--no-wait")
     err = capsys.readouterr().err.splitlines()
     assert code == 2 and len(err) == 2, err
-    for line, proc, lock in zip(err, (first, second), (".scored.enrich.lock", "out/.tokensft.lock")):
+    for line, proc, lock in zip(err, (first, second), (".scored.lock", "out/.tokensft.lock")):
         assert line.startswith(f"error: {tmp_path / lock} is held by another tokensft run, pid {proc.pid} on "), line
         assert " since " in line and "--no-wait" in line
 

@@ -324,7 +324,7 @@ def test_in_place_refuses_foreign_files_and_follows_dot_and_symlinks(tmp_path, t
     monkeypatch.chdir(out)
     assert main(["enrich", ".", "-q", "--mask", "top-frac:0.5"]) == 0
     assert "mask_top_frac_0.5" in table_of(out).column_names
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".scored.enrich.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".scored.lock"]
 
 
 def test_kill_between_finish_and_swap_then_score_rerun(tmp_path, tiny_dirs, monkeypatch, capsys):

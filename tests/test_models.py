@@ -23,6 +23,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from tokensft.core.errors import ModelError
+from tokensft.core import cache
 from tokensft.core import models as m
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -205,7 +206,7 @@ def test_weights_hash_stable_cached_and_sensitive(isolated, monkeypatch):
     assert [json.loads(k)[0] for k in cached] == [str((model_dir / "model.safetensors").resolve())]
 
     with monkeypatch.context() as patched:
-        patched.setattr(m, "_sha256_of", lambda p: pytest.fail(f"rehashed {p} although it is cached"))
+        patched.setattr(cache, "_sha256_of", lambda p: pytest.fail(f"rehashed {p} although it is cached"))
         assert m.weights_hash(model_dir) == first
 
     save_tiny(model_dir, seed=1)  # new weights, same file name

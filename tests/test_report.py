@@ -148,7 +148,7 @@ def test_replacing_a_report_is_atomic_and_errors_are_one_line(enriched, tmp_path
         build.write_report(str(enriched), str(out), examples=2)
     monkeypatch.undo()
     assert (out / "summary.json").read_text() == before  # the old report, whole
-    assert [p.name for p in tmp_path.iterdir()] == ["rep"]  # no staging left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".rep.lock", "rep"]  # no staging left; its lock stays
     assert report_cli(enriched, "-o", out, "-n", "2") == 0  # a report is replaced
     capsys.readouterr()
     (tmp_path / "notes").mkdir()

@@ -124,3 +124,23 @@ def test_arm_names_never_collide():
     assert len(set(names)) == 3 and names[2] == "p"
     with pytest.raises(ConfigError, match="twice"):
         parse_arms("p,P")
+
+
+def test_a_sweep_refuses_to_go_on_when_its_data_is_scored_again(tmp_path, tiny_dirs, monkeypatch, capsys):
+    """A `score --overwrite` of DATA finishing between two arms (an enrich would change no arm's data)."""
+    from tokensft.evaluate import sweep as sweep_module
+
+    data = scored(tmp_path, tiny_dirs["bpe"])
+    heldout = write_jsonl(tmp_path / "heldout.jsonl", HELDOUT)
+    original = sweep_module.run_job
+
+    def then_rescored(config, directory, arm, seed):
+        original(config, directory, arm, seed)
+        if arm is None:  # after the baseline: an enrichment (harmless), then a rescore with another cut
+            assert main(["enrich", str(data), "--mask=prob>=0.1", "-q"]) == 0
+            assert main(["score", str(tmp_path / "data.jsonl"), "--model", str(tiny_dirs["bpe"]), "-o", str(data),
+                         "--max-length", "24", "--overwrite", "-q"]) == 0
+
+    monkeypatch.setattr(sweep_module, "run_job", then_rescored)
+    assert sweep_cli(data, heldout, tmp_path / "sweep", "--model", tiny_dirs["bpe"]) == 2
+    assert "was scored again while this sweep ran" in capsys.readouterr().err

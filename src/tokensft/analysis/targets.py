@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from tokensft.core.errors import ConfigError
 from tokensft.core.dataset import flat_list, load_metadata, read_schema, read_table, shard_paths
+from tokensft.core.generations import read_whole
 from tokensft.core.schema import (FROM_PROMPT, IGNORE_INDEX, MASK_PREFIX, REF_MEAN_LOGPROB, REF_PREFIX, TEACHER_LOGPROB,
                                   TOPK_COLUMNS, WEIGHT, is_mask_column, is_weight_column, ref_columns)
 
@@ -149,8 +150,13 @@ def load_targets(path: str | Path, topk: bool = True) -> Targets:
     """Every target token of the finished scored dataset at `path` (see `Targets`).
 
     topk=False skips the sparse top-k columns (the bulk of the bytes) when they are not needed.
+    Every file is read from one generation of the dataset (an in-place enrich finishing meanwhile:
+    read again, see `core.generations`).
     """
-    path = Path(path)
+    return read_whole(path, lambda: _load_targets(Path(path), topk))
+
+
+def _load_targets(path: Path, topk: bool) -> Targets:
     meta = load_metadata(path)
     parts, base = [], 0
     for shard in shard_paths(path, meta):

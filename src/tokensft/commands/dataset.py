@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tokensft.commands.common import nonnegative_int
-from tokensft.core.errors import EXIT_USAGE
+from tokensft.core.errors import EXIT_USAGE, TokensftError
 from tokensft.reports import console
 
 
@@ -22,9 +22,15 @@ def _add_merge(sub) -> None:
 def _cmd_merge(args) -> int:
     from pathlib import Path
 
+    from tokensft.core.fileio import keeping
+    from tokensft.core.locks import OutputLock
     from tokensft.preprocess.output import finish
 
-    meta = finish(Path(args.directory))
+    directory = Path(args.directory)
+    if not directory.is_dir():  # (the lock would create it)
+        raise TokensftError(f"{directory}: no such directory; pass the --output of a `tokensft score` run")
+    with OutputLock(directory), keeping(f"every shard is kept: free some space, then rerun `tokensft merge {directory}`"):
+        meta = finish(directory)  # already finished as it would be: nothing is rewritten
     if not args.quiet:
         print("\n".join(console.score_lines({"status": "finished", "output": args.directory, "metadata": meta})))
     return 0

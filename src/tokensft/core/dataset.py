@@ -2,9 +2,15 @@
 
     meta = load_metadata(DIR)                 # tokensft.json, checked (version, field types)
     ds = load(DIR)                            # a memory-mapped datasets.Dataset
+    ds, meta = load_with_metadata(DIR)        # both, of one generation
     for shard in shard_paths(DIR, meta):      # the shard files in dataset order
         table = read_table(shard, ["labels", "logprob"])
         values, offsets = flat_list(table["logprob"])   # row r: values[offsets[r]:offsets[r + 1]]
+
+A reader that opens several files (metadata, then shards) does so inside
+`generations.read_whole(DIR, ...)`, so that an in-place enrich or `score --overwrite` finishing
+meanwhile makes it read again instead of mixing two generations; `load`, `load_with_metadata`
+and `load_metadata` do it themselves.
 
 A scored dataset is a directory that `datasets.load_from_disk` opens (Arrow IPC stream shards
 `data-NNNNN.arrow` + state.json + dataset_info.json) plus tokensft.json. A damaged shard or
@@ -23,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from tokensft.core.errors import ConfigError, TokensftError
+from tokensft.core.generations import read_whole
 from tokensft.core.integrity import repair
 from tokensft.core.schema import CHUNK_KEY, METADATA_FILE, METADATA_KEY, READABLE_VERSIONS, SCHEMA_VERSION, STATE_DIR, STATE_FILE
 
@@ -45,6 +52,10 @@ def finished_chunks(directory: Path) -> set[int]:
 
 def load_metadata(path: str | Path) -> dict:
     """The run metadata (`tokensft.json`) of a finished scored dataset."""
+    return read_whole(path, lambda: _metadata(path))
+
+
+def _metadata(path: str | Path) -> dict:
     file = Path(path) / METADATA_FILE
     if not file.is_file():
         raise ConfigError(
@@ -87,18 +98,28 @@ def load(path: str | Path):
     """Open a finished scored dataset as a memory-mapped `datasets.Dataset`.
 
     Checks the metadata first (a clear error for an unfinished or foreign directory);
-    read the metadata itself with `load_metadata(path)`. A shard `datasets` cannot read is
-    a ConfigError naming it.
+    read the metadata itself with `load_metadata(path)`, or both with `load_with_metadata`. A
+    shard `datasets` cannot read is a ConfigError naming it. A dataset replaced while it is
+    being opened (an in-place enrich or `score --overwrite` finishing) is opened again, whole.
     """
+    return load_with_metadata(path)[0]
+
+
+def load_with_metadata(path: str | Path) -> tuple:
+    """(the memory-mapped `datasets.Dataset`, its tokensft.json), read from one generation."""
+    return read_whole(path, lambda: _load(Path(path)))
+
+
+def _load(path: Path) -> tuple:
     import datasets  # deferred: importing datasets costs ~1 s and most commands do not need it
 
-    meta = load_metadata(path)
+    meta = _metadata(path)
     try:
-        return datasets.load_from_disk(str(path))
+        return datasets.load_from_disk(str(path)), meta
     # what a damaged directory raises: pyarrow's errors (ArrowIOError is OSError), ValueError for a
     # garbled state.json or dataset_info.json (json) or a shard whose columns differ (datasets)
     except (*ARROW_ERRORS, ValueError) as exc:
-        raise _unloadable(Path(path), meta, exc) from None
+        raise _unloadable(path, meta, exc) from None
 
 
 def _unloadable(path: Path, meta: dict, exc: Exception) -> ConfigError:

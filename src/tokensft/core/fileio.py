@@ -3,6 +3,12 @@
     with atomic_write(path, "wb") as f:   # a unique sibling temp file
         f.write(...)                      # then fsync, rename over `path`
                                           # any exception (or Ctrl-C): temp removed, path untouched
+    with keeping("the shards written so far are kept: ... rerun the same command"):
+        ...                               # a write that fails (disk full): one line, the file and what is kept
+
+A failed write inside `atomic_write` is a `WriteFailed` naming the file (a full disk raises from
+`write` with no file name: "No space left on device" alone); `keeping` turns it into the command's
+one-line error, saying what survived, as train's checkpoints do.
 """
 
 from __future__ import annotations
@@ -12,6 +18,29 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tokensft.core.errors import TokensftError
+
+
+class WriteFailed(OSError):
+    """A file that could not be written (disk full, quota, permissions, read-only): `filename` is it."""
+
+
+def write_failed(exc: OSError, path: Path) -> WriteFailed:
+    """`exc` (from open, write, fsync or a pyarrow writer) as a WriteFailed naming `path`."""
+    if isinstance(exc, WriteFailed):
+        return exc
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    return WriteFailed(exc.errno, reason, str(path))
+
+
+@contextmanager
+def keeping(kept: str) -> Iterator[None]:
+    """Inside: a WriteFailed becomes one line, "FILE: cannot write it (REASON); KEPT"."""
+    try:
+        yield
+    except WriteFailed as exc:
+        raise TokensftError(f"{exc.filename}: cannot write it ({exc.strerror}); {kept}") from None
 
 
 def temp_sibling(path: Path) -> Path:
@@ -31,6 +60,9 @@ def atomic_write(path: Path, mode: str = "wb", encoding: str | None = None, fsyn
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # pyarrow's write errors are OSErrors too (ArrowIOError)
+        tmp.unlink(missing_ok=True)
+        raise write_failed(exc, path) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

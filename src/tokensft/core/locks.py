@@ -5,6 +5,7 @@
     with OutputLock(DIR, wait=False):  # refused at once, naming the holder (--no-wait)
     with RankLock(DIR, rank):          # non-blocking: a second writer of the same rank is refused
         ...
+    with replace_lock(DIR):            # a sibling .DIR.lock: whoever swaps DIR whole for a new one
 
 flock(2) locks: the kernel releases them when their process dies, so a killed run never leaves
 a stale lock behind; the lock files themselves stay. A stopped or stuck process keeps its lock,
@@ -68,11 +69,24 @@ class _Flock:
             fcntl.flock(self.file, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
             return False
+        if not self._still_there():  # the directory holding it was swapped away while we waited: lock the new one
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+            self.file = None
+            return self._take(blocking)
         self.file.truncate(0)
         self.file.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                     "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": shlex.join(sys.argv)}))
         self.file.flush()
         return True
+
+    def _still_there(self) -> bool:
+        """Whether the file we locked is still the one at `path` (an exchange of the directory that
+        holds DIR/.tokensft.lock, or its deletion, leaves us holding a lock nobody else will look at)."""
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self.file.fileno()).st_ino
+        except FileNotFoundError:
+            return False
 
     def _refused(self, message: str) -> ConfigError:
         self.file.close()
@@ -109,6 +123,13 @@ class OutputLock(_Flock):
         print(f"waiting for {self.path}, held by {holder(self.path)}", file=sys.stderr, flush=True)
         self._take(blocking=True)
         return self
+
+
+def replace_lock(path: Path, wait: bool = True) -> OutputLock:
+    """The lock of whoever replaces `path` whole -- an in-place enrich, a `score --overwrite` of a
+    finished dataset, a report over an old one: a sibling `.NAME.lock`, because a lock file inside
+    the directory would be exchanged away with it (the next writer would lock the new copy's)."""
+    return OutputLock(path.parent, name=f".{path.name}.lock", wait=wait)
 
 
 class RankLock(_Flock):

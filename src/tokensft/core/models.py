@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tokensft.core.cache import cache_dir, file_sha256, weights_hash  # noqa: F401 -- weights_hash re-exported
 from tokensft.core.errors import ModelError
-from tokensft.core.fileio import atomic_write
 
 if TYPE_CHECKING:  # torch and transformers take seconds to import: each function imports them when it runs
     import torch
@@ -68,14 +68,6 @@ class LoadedModel:
     content_hash: str  # see weights_hash
     dtype: torch.dtype
     device: torch.device
-
-
-def cache_dir() -> Path:
-    """$TOKENSFT_CACHE if set, else $XDG_CACHE_HOME/tokensft, else ~/.cache/tokensft."""
-    if os.environ.get("TOKENSFT_CACHE"):
-        return Path(os.environ["TOKENSFT_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "tokensft"
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
@@ -126,7 +118,7 @@ def resolve_model_dir(spec: str, fetch: bool = True) -> tuple[Path, str]:
     if spec.lower().endswith(".gguf"):
         if not path.is_file():
             raise ModelError(f"GGUF file '{spec}' does not exist (check the path given to --model)")
-        converted = cache_dir() / "gguf" / _file_sha256(path)[:16]
+        converted = cache_dir() / "gguf" / file_sha256(path)[:16]
         if not fetch and not converted.is_dir():
             raise ModelError(f"'{spec}' is not converted yet ({converted}); any command that runs it converts it")
         return _convert_gguf(path, converted), spec
@@ -189,20 +181,6 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast, chat_template: boo
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def weights_hash(model_dir: Path) -> str:
-    """sha256 hex over the weight files in name order: of "name<TAB>sha256(file)" lines.
-
-    Only *.safetensors when there are any, since that is what transformers loads then; else *.bin.
-    Per-file digests are cached (see _file_sha256), so repeat loads do not rehash 500 MB.
-    """
-    files = sorted(p for p in Path(model_dir).iterdir() if p.suffix == ".safetensors")
-    files = files or sorted(p for p in Path(model_dir).iterdir() if p.suffix == ".bin")
-    if not files:
-        raise ModelError(f"model directory '{model_dir}' has no weight files (*.safetensors or *.bin)")
-    lines = "".join(f"{p.name}\t{_file_sha256(p)}\n" for p in files)
-    return hashlib.sha256(lines.encode()).hexdigest()
-
-
 def load_tokenizer(path: Path) -> PreTrainedTokenizerFast:
     """The model's tokenizer, which must be fast: scoring needs its offsets mapping."""
     _offline()
@@ -211,7 +189,8 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerFast:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as e:  # any loader failure is a bad model dir from the user's side
-        raise ModelError(f"cannot load the tokenizer in '{path}': {_first_line(e)}") from e
+        raise ModelError(f"cannot load the tokenizer in '{path}': {_tokenizer_problem(Path(path), e)}; pass a model "
+                         "directory with a fast tokenizer (tokenizer.json, as save_pretrained writes it)") from e
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(
             f"the tokenizer in '{path}' is {type(tokenizer).__name__}, not a fast tokenizer; tokensft needs "
@@ -346,48 +325,12 @@ def _remove_stale_partials(target: Path) -> None:
             shutil.rmtree(partial, ignore_errors=True)
 
 
-def _file_sha256(path: Path) -> str:
-    """sha256 hex of a file, cached in cache_dir()/file_hashes.json by (abs path, size, mtime_ns)."""
-    path = Path(path).resolve()  # HF cache snapshots are symlinks to blobs: key on the blob
-    stat = path.stat()
-    key = json.dumps([str(path), stat.st_size, stat.st_mtime_ns])
-    if cached := _read_hash_cache().get(key):
-        return cached
-    digest = _sha256_of(path)
-    cache = _read_hash_cache()  # re-read: another process may have added entries meanwhile
-    # Drop older versions of this file and entries for deleted files (temp dirs), so the JSON stays small.
-    cache = {k: v for k, v in cache.items() if json.loads(k)[0] != str(path) and Path(json.loads(k)[0]).exists()}
-    cache[key] = digest
-    _write_hash_cache(cache)
-    return digest
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _read_hash_cache() -> dict[str, str]:
-    path = cache_dir() / "file_hashes.json"
-    try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, ValueError) as e:
-        logger.warning("ignoring unreadable hash cache %s (%s); files will be rehashed", path, e)
-        return {}
-
-
-def _write_hash_cache(cache: dict[str, str]) -> None:
-    """Write atomically, so a concurrent reader sees the old or the new file, never half of one."""
-    path = cache_dir() / "file_hashes.json"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path, "w", encoding="utf-8") as f:
-            f.write(json.dumps(cache, indent=0, sort_keys=True))
-    except OSError as e:
-        logger.warning("cannot write the hash cache %s (%s); weights will be rehashed next time", path, e)
+def _tokenizer_problem(path: Path, e: BaseException, files=("tokenizer.json", "tokenizer_config.json")) -> str:
+    """Why a tokenizer did not load, whole on one line (transformers' messages run over several; a KeyError is a key)."""
+    if path.is_dir() and not any((path / name).is_file() for name in files):
+        return f"it holds no tokenizer files ({', '.join(files)})"
+    text = " ".join(str(e).split()).rstrip(".")
+    return f"{type(e).__name__} {text}" if isinstance(e, KeyError) or not text else text
 
 
 def _first_line(e: BaseException) -> str:

@@ -141,15 +141,24 @@ def sweep(config: SweepConfig) -> dict:
                 "train": config.train, "eval": config.eval}
     with OutputLock(directory):
         _prepare(directory, identity, config.overwrite)
-    jobs = _jobs(config, arms)
+    jobs, scoring = _jobs(config, arms), _scoring(meta)
     for i, (arm, seed) in enumerate(jobs):
         if i % config.world_size == config.rank:
+            if _scoring(load_metadata(config.data)) != scoring:
+                raise ConfigError(f"{config.data} was scored again while this sweep ran: its arms would compare "
+                                  "training on different data; rerun the sweep with --overwrite")
             run_job(config, directory, arm, seed)
     with OutputLock(directory):
         if all((job_dir(directory, arm, seed) / "eval" / "results.json").is_file() for arm, seed in jobs):
             results = aggregate(config, directory, arms)
             return {"status": "finished", "output": str(directory), "results": results}
     return {"status": "rank-done", "output": str(directory), "rank": config.rank}
+
+
+def _scoring(meta: dict) -> list:
+    """What decides the rows every arm trains on: the scoring run (an enrich adding columns changes
+    no arm's data; a `score --overwrite` of DATA does)."""
+    return [meta.get(key) for key in ("input", "model", "render", "max_length", "dtype", "weights")]
 
 
 def _prepare(directory: Path, identity: dict, overwrite: bool) -> None:

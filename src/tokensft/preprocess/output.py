@@ -12,7 +12,13 @@
 A run whose identity equals the one on disk resumes; a different one is refused unless
 --overwrite. The finished directory is the same whatever the number of ranks that wrote it.
 Finishing verifies every shard against its record; resuming verifies the shards it keeps and
-drops the damaged ones, to be written again (`drop_damaged`).
+drops the damaged ones, to be written again (`drop_damaged`); finishing what is already finished
+as it would be written changes nothing (a no-op `tokensft merge`).
+
+A run that starts a *finished* dataset over (--overwrite, --no-resume) never deletes it while it
+scores: it writes the new one into a hidden sibling, `.NAME.score` (`staging`), and swaps it in
+whole when it is finished (`swap_in`), so readers read the old dataset until then, and the new one
+after (`core.generations`).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from pathlib import Path
 from tokensft.core.counts import Counts
 from tokensft.core.dataset import SHARD_RE, finished_chunks, read_schema, read_shard_info, shard_name
 from tokensft.core.errors import ConfigError
-from tokensft.core.fileio import atomic_write
+from tokensft.core.fileio import atomic_write, exchange_dirs
 from tokensft.core.identity import changed_keys
 from tokensft.core.integrity import check_shard, discard, repair
 from tokensft.core.locks import OUTPUT_LOCK, rank_locked
@@ -68,6 +74,45 @@ def is_finished(directory: Path) -> bool:
     return (directory / STATE_FILE).is_file()
 
 
+def foreign(directory: Path) -> list[str]:
+    """The names in `directory` tokensft did not write, sorted (what every prepare refuses)."""
+    return sorted(p.name for p in directory.iterdir() if not is_ours(p.name)) if directory.is_dir() else []
+
+
+def staging(directory: Path) -> Path:
+    """Where a run that starts a finished dataset over writes the new one: a hidden sibling."""
+    return directory.parent / f".{directory.name}.score"
+
+
+def replacing(directory: Path, overwrite: bool, resume: bool) -> bool:
+    """Whether a run with these flags would start over a finished dataset in `directory`."""
+    return (overwrite or not resume) and is_finished(directory)
+
+
+def prepare_staging(directory: Path, run: dict, resume: bool) -> tuple[Path, str]:
+    """(the staging directory, its status) for a run replacing the finished `directory`: this run's
+    own staging from a killed attempt resumes (or is swapped in, when it was finished); anything
+    else there, or --no-resume, starts over. Refuses what `prepare` refuses in `directory`."""
+    if names := foreign(directory):
+        raise ConfigError(f"{directory}: not an empty directory or a tokensft output (found {', '.join(names[:3])}); "
+                          "choose another --output")
+    stage = staging(directory)
+    try:
+        existing = read_run(stage)
+    except ConfigError:  # unreadable: nothing of it can be trusted
+        existing = None
+    if stage.exists() and (not resume or existing is None or existing["identity"] != run["identity"]):
+        shutil.rmtree(stage)  # the staging directory is ours alone: another run's, or one to start over
+    return stage, prepare(stage, run, overwrite=False)
+
+
+def swap_in(stage: Path, directory: Path) -> None:
+    """Put the finished `stage` in place of `directory` with one exchange, then delete the old one
+    (readers that opened it keep what they mapped; see core.generations)."""
+    exchange_dirs(stage, directory)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
 def prepare(directory: Path, run: dict, overwrite: bool, resume: bool = True) -> str:
     """Make `directory` ready for `run` (a JSON-able dict with key "identity"). Call it holding
     the OutputLock, and take the RankLock in the same section, so that probing the rank locks
@@ -80,12 +125,9 @@ def prepare(directory: Path, run: dict, overwrite: bool, resume: bool = True) ->
     directory.mkdir(parents=True, exist_ok=True)
     existing = read_run(directory)
     ours = [p for p in directory.iterdir() if is_ours(p.name) and p.name != OUTPUT_LOCK]
-    foreign = [p.name for p in directory.iterdir() if not is_ours(p.name)]
-    if foreign:
-        raise ConfigError(
-            f"{directory}: not an empty directory or a tokensft output (found {', '.join(sorted(foreign)[:3])}); "
-            "choose another --output"
-        )
+    if names := foreign(directory):
+        raise ConfigError(f"{directory}: not an empty directory or a tokensft output (found {', '.join(names[:3])}); "
+                          "choose another --output")
     same = existing is not None and existing["identity"] == run["identity"]
     if same and resume and not overwrite:
         if not rank_locked(directory / STATE_DIR):  # nobody is writing: temp files are a killed run's leftovers
@@ -166,14 +208,28 @@ def finish(directory: Path, extra_metadata: dict | None = None) -> dict:
     _verify(directory, run)
     totals = scoring_counts().merge(
         Counts.total(read_shard_info(directory / shard_name(k))[1] for k in range(run["num_chunks"])))
-    meta = {
-        **run["metadata"], **(extra_metadata or {}), "counts": totals, "num_shards": run["num_chunks"],
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    write_json_atomic(directory / METADATA_FILE, meta)
-    write_json_atomic(directory / "dataset_info.json", _dataset_info(directory, run))
-    write_json_atomic(directory / STATE_FILE, _state(run))
+    meta = {**run["metadata"], **(extra_metadata or {}), "counts": totals, "num_shards": run["num_chunks"]}
+    files = {METADATA_FILE: meta, "dataset_info.json": _dataset_info(directory, run), STATE_FILE: _state(run)}
+    written = _read_json(directory / METADATA_FILE)
+    if isinstance(written, dict) and {k: v for k, v in written.items() if k != "finished"} == _as_json(meta) and all(
+            _read_json(directory / name) == _as_json(data) for name, data in files.items() if name != METADATA_FILE):
+        return written  # finished as it would be written: a no-op changes nothing, not even the time
+    meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    for name, data in files.items():  # state.json last: its presence = finished
+        write_json_atomic(directory / name, data)
     return meta
+
+
+def _as_json(data):
+    """`data` as it reads back from JSON (tuples as lists)."""
+    return json.loads(json.dumps(data))
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _verify(directory: Path, run: dict) -> None:

@@ -33,7 +33,8 @@ from pathlib import Path
 from tokensft import __version__
 from tokensft.core.counts import Counts
 from tokensft.core.errors import ConfigError, InputError
-from tokensft.core.locks import OutputLock, RankLock, rank_locked
+from tokensft.core.fileio import keeping
+from tokensft.core.locks import OutputLock, RankLock, rank_locked, replace_lock
 from tokensft.core.progress import Progress
 from tokensft.core.schema import SCHEMA_VERSION, STATE_DIR, WEIGHT, scored_schema
 from tokensft.core.scorer import Scorer
@@ -125,28 +126,45 @@ def score(config: ScoreConfig) -> dict:
                                "prompt_weight": config.prompt_weight, "allow_negative": config.allow_negative_weights}
     num_chunks = -(-num_rows // config.shard_size)
     run = {"identity": identity, "metadata": metadata, "num_chunks": num_chunks, "fingerprint": _fingerprint(identity)}
+    scorer = Scorer(loaded.model, top_k=config.top_k, batch_tokens=config.batch_tokens, chunk_size=config.chunk_size)
+    schema = scored_schema(config.top_k, identity, weighted, prompt_targets=config.prompt_weight != 0)
     directory = Path(config.output)
     with ExitStack() as held:
+        if config.overwrite or not config.resume:  # may start a finished dataset over: one replacer at a time
+            held.enter_context(replace_lock(directory, wait=config.wait))
+        held.enter_context(keeping("the shards written so far are kept (a dataset being replaced is unchanged): free "
+                                   "some space, then rerun the same command to resume"))
+        return _write(config, kind, fmt, renderer, scorer, schema, rules, run, directory, num_rows)
+
+
+def _write(config, kind, fmt, renderer, scorer, schema, rules, run, directory: Path, num_rows: int) -> dict:
+    """Prepare the output, score this rank's chunks into it, finish it when every chunk is there.
+    A run starting a finished dataset over writes into its staging sibling and swaps it in at the end."""
+    num_chunks = run["num_chunks"]
+    with ExitStack() as held:
         with OutputLock(directory, wait=config.wait):  # --no-wait: refused here, before any work
-            status = output.prepare(directory, run, config.overwrite, config.resume)
+            if output.replacing(directory, config.overwrite, config.resume):
+                target, status = output.prepare_staging(directory, run, config.resume)
+            else:
+                target, status = directory, output.prepare(directory, run, config.overwrite, config.resume)
             # a rerun over a finished output (no rank writes one) verifies every shard; damaged ones are rescored
-            if status == "finished" and not output.drop_damaged(directory, range(num_chunks), config.world_size):
+            damaged = status == "finished" and output.drop_damaged(target, range(num_chunks), config.world_size)
+            if status == "finished" and not damaged and target == directory:
                 return {"status": "already-finished", "output": str(directory), "metadata": output.load_finished(directory)}
-            held.enter_context(RankLock(directory, config.rank))
+            held.enter_context(RankLock(target, config.rank))
         if status == "resume":  # verify the shards this rank keeps (other ranks may be writing theirs)
-            output.drop_damaged(directory, range(config.rank, num_chunks, config.world_size), config.world_size)
-        pending = [k for k in output.missing_chunks(directory, num_chunks) if k % config.world_size == config.rank]
-        totals = _score_chunks(config, kind, fmt, renderer, Scorer(
-            loaded.model, top_k=config.top_k, batch_tokens=config.batch_tokens, chunk_size=config.chunk_size,
-        ), scored_schema(config.top_k, identity, weighted, prompt_targets=config.prompt_weight != 0), directory,
-            set(pending), num_rows, rules)
+            output.drop_damaged(target, range(config.rank, num_chunks, config.world_size), config.world_size)
+        pending = [k for k in output.missing_chunks(target, num_chunks) if k % config.world_size == config.rank]
+        totals = _score_chunks(config, kind, fmt, renderer, scorer, schema, target, set(pending), num_rows, rules)
     summary = {"status": status, "output": str(directory), "rank": config.rank, "counts": totals}
     with OutputLock(directory):
-        if output.is_finished(directory):  # another rank finished it meanwhile
+        if target == directory and output.is_finished(directory):  # another rank finished it meanwhile
             summary.update(status="finished", metadata=output.load_finished(directory))
-        elif not output.missing_chunks(directory, num_chunks) and not rank_locked(directory / STATE_DIR):
+        elif not output.missing_chunks(target, num_chunks) and not rank_locked(target / STATE_DIR):
             # (a rank still holding its lock has its shards but maybe not yet their records: it finishes)
-            summary.update(status="finished", metadata=output.finish(directory))
+            summary.update(status="finished", metadata=output.finish(target))
+            if target != directory:  # the old dataset stayed readable until now
+                output.swap_in(target, directory)
         else:
             summary["status"] = "rank-done"
     return summary

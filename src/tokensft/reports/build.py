@@ -21,7 +21,9 @@ from tokensft.analysis import (agreement, cdf, classify_vocab, compare, enrichme
                                jsonable, load_targets, mask_drift, probability_histogram, summary, token_strings)
 from tokensft.core.dataset import load_metadata, read_rows, tokenizer_for
 from tokensft.core.errors import ConfigError
-from tokensft.core.fileio import exchange_dirs, temp_sibling
+from tokensft.core.fileio import atomic_write, exchange_dirs, keeping, temp_sibling
+from tokensft.core.generations import read_whole
+from tokensft.core.locks import replace_lock
 from tokensft.core.progress import Stages
 from tokensft.reports import plots
 from tokensft.reports.html import img, page, table
@@ -67,7 +69,8 @@ def _sweep_results(sweep: str) -> dict:
 def _build(directory: str, output: Path, compare_with: str | None, model: str | None, examples: int, seed: int,
            stages: Stages, began: float, measured: dict | None = None) -> dict:
     """The stages of write_report: read, analyse, draw, lay out, write."""
-    t = load_targets(directory)
+    # the targets and the rendered examples' tokens from one generation (core.generations)
+    t, input_ids = read_whole(directory, lambda: _read(directory, examples, seed))
     stages.next()
     tokenizer = tokenizer_for(t.meta, model)
     classes = classify_vocab(tokenizer) if tokenizer is not None else None
@@ -106,7 +109,7 @@ def _build(directory: str, output: Path, compare_with: str | None, model: str | 
     sections += enrichment_sections(directory, masks, refs, teacher)
     if data["weights"] is not None:  # only a dataset that stores weights has the section
         sections.append(weights_section(data))
-    sections.append(examples_section(t, data, tokenizer, examples, seed, _input_ids(t, examples, seed)))
+    sections.append(examples_section(t, data, tokenizer, examples, seed, input_ids))
     if moved is not None:
         sections.append(compare_section(moved, directory, compare_with, token_strings(tokenizer, moved["tokens_moved"]["token_id"][:30])))
     stages.next()
@@ -130,9 +133,10 @@ def _position_and_class(data: dict) -> str:
     return (body + "<h3>By token class</h3>" + img(plots.by_class(frame), "probability by token class") + table(frame))
 
 
-def _input_ids(t, n: int, seed: int) -> dict[int, list[int]]:
-    """input_ids of the examples the page renders (the only rows whose tokens it shows)."""
-    return read_rows(Path(t.path), t.meta, [row for row, _ in pick_examples(t, n, seed)], "input_ids")
+def _read(directory: str, n: int, seed: int) -> tuple:
+    """The targets, and the input_ids of the examples the page renders (the only rows whose tokens it shows)."""
+    t = load_targets(directory)
+    return t, read_rows(Path(directory), t.meta, [row for row, _ in pick_examples(t, n, seed)], "input_ids")
 
 
 def _check_output(output: Path) -> None:
@@ -142,16 +146,35 @@ def _check_output(output: Path) -> None:
 
 
 def _write_atomically(output: Path, html: str, data: dict, frame: pd.DataFrame) -> None:
-    """Write the three files to a sibling directory, then put it in place of `output`."""
+    """Write the three files to a sibling directory, then put it in place of `output` (under the
+    output's replace lock: two reports of one output take turns)."""
     output = output.resolve()
-    _check_output(output)  # again: something may have been written there meanwhile
     output.parent.mkdir(parents=True, exist_ok=True)
+    with replace_lock(output), keeping(f"{'the report there is unchanged' if output.exists() else 'no report was written'}"
+                                       ": free some space, then rerun the same command"):
+        _clear_staging(output)
+        _check_output(output)  # again: something may have been written there meanwhile
+        _stage_and_swap(output, html, data, frame)
+
+
+def _clear_staging(output: Path) -> None:
+    """Remove the staging directories a killed report of `output` left beside it (`.NAME.tmp-*`
+    holding nothing but report files): under the replace lock, no other report is writing them."""
+    for stale in output.parent.glob(f".{output.name}.tmp-*"):
+        if stale.is_dir() and {p.name for p in stale.iterdir()} <= REPORT_FILES:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _stage_and_swap(output: Path, html: str, data: dict, frame: pd.DataFrame) -> None:
     staging = temp_sibling(output)
     staging.mkdir()
     try:
-        (staging / "index.html").write_text(html, encoding="utf-8")
-        (staging / "summary.json").write_text(json.dumps(data, indent=1, allow_nan=False), encoding="utf-8")
-        frame.to_parquet(staging / "examples.parquet", index=False)
+        with atomic_write(staging / "index.html", "w", encoding="utf-8", fsync=False) as f:
+            f.write(html)
+        with atomic_write(staging / "summary.json", "w", encoding="utf-8", fsync=False) as f:
+            f.write(json.dumps(data, indent=1, allow_nan=False))
+        with atomic_write(staging / "examples.parquet", "wb", fsync=False) as f:
+            frame.to_parquet(f, index=False)
         if output.exists():
             exchange_dirs(staging, output)  # staging now holds the old report
             shutil.rmtree(staging)

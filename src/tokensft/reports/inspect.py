@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from tokensft.analysis import summarize, weight_provenance
-from tokensft.core.dataset import flat_list, load, load_metadata, read_table, shard_names, shard_paths, tokenizer_for
+from tokensft.core.dataset import (flat_list, load, load_metadata, load_with_metadata, read_table, shard_names,
+                                   shard_paths, tokenizer_for)
 from tokensft.core.errors import ConfigError
+from tokensft.core.generations import read_whole
 from tokensft.core.integrity import UNVERIFIED, check_shard, repair
 from tokensft.core.schema import CHUNK_KEY, FROM_PROMPT, IGNORE_INDEX, WEIGHT, is_weight_column
 from tokensft.core.schema import REF_MEAN_LOGPROB, TOPK_IDS, TOPK_LOGPROBS, is_mask_column, ref_columns, ref_name
@@ -159,8 +161,12 @@ def describe_weights(directory: Path, meta: dict, names: list[str]) -> list[str]
 
 
 def inspect_dataset(directory: str | Path, num_examples: int = 2, model: str | None = None) -> str:
-    meta = load_metadata(directory)
-    dataset = load(directory)
+    """The listing `tokensft inspect` prints: every line from one generation of the dataset."""
+    return read_whole(directory, lambda: _inspect(directory, num_examples, model))
+
+
+def _inspect(directory: str | Path, num_examples: int, model: str | None) -> str:
+    dataset, meta = load_with_metadata(directory)
     counts = meta["counts"]
     out = [
         f"tokensft dataset {directory}",
@@ -191,8 +197,11 @@ def inspect_dataset(directory: str | Path, num_examples: int = 2, model: str | N
 def verify_dataset(directory: str | Path) -> tuple[list[str], bool]:
     """Read every shard, check it against its record (size, rows, checksum) and the metadata's
     counts, and check that `datasets` opens the directory. Returns (lines, ok): one line per
-    problem, then a verdict."""
-    directory = Path(directory)
+    problem, then a verdict. A replacement finishing meanwhile is no damage: verified again."""
+    return read_whole(directory, lambda: _verify(Path(directory)))
+
+
+def _verify(directory: Path) -> tuple[list[str], bool]:
     meta = load_metadata(directory)
     names = shard_names(directory, meta)
     problems, rows = [], 0

@@ -22,7 +22,7 @@ import torch
 
 from tokensft.core.errors import ConfigError
 from tokensft.core.masks import parse_mask
-from tokensft.core.dataset import load, load_metadata
+from tokensft.core.dataset import load_with_metadata
 from tokensft.core.schema import FROM_PROMPT, IGNORE_INDEX, PRIOR_COLUMNS, ref_column
 from tokensft.train.objectives import Objective
 from tokensft.train.weighting import NEGATIVE_FIX, check_weights, weight_column, weight_tensor
@@ -88,8 +88,7 @@ class TrainData:
                  eval_fraction: float = 0.0, skip_invalid: bool = False, weight: str | None = None,
                  allow_negative_weights: bool = False):
         self.directory = directory
-        self.meta = load_metadata(directory)
-        self.dataset = load(directory)
+        self.dataset, self.meta = load_with_metadata(directory)  # one generation, whatever enrich does meanwhile
         self.table: pa.Table = self.dataset.data.table
         self.columns = needed_columns(directory, objective, mask, ref, set(self.table.column_names), weight, self.meta)
         ids = self.table.column("id").to_pylist()
@@ -109,9 +108,14 @@ class TrainData:
         in_eval = np.array([_in_eval(i, eval_fraction) for i in ids], dtype=bool) if eval_fraction > 0 else np.zeros(len(ids), bool)
         self.train_indices = np.flatnonzero(usable & ~in_eval)
         self.eval_indices = np.flatnonzero(usable & in_eval)
+        if not ids:
+            raise ConfigError(f"{directory}: the dataset is empty (0 examples: every input row was skipped when it was "
+                              f"scored, see `tokensft inspect {directory}`); score data that has responses")
         if len(self.train_indices) == 0:
+            fix = "lower --eval-fraction" if len(self.eval_indices) else "re-enrich the examples without it"
             raise ConfigError(f"{directory}: no examples left to train on ({len(self.eval_indices)} held out by "
-                              f"--eval-fraction {eval_fraction}, {self.skipped} skipped); lower --eval-fraction")
+                              f"--eval-fraction {eval_fraction}, {self.skipped} skipped for lack of "
+                              f"{self.columns.ref or 'a reference'}); {fix}")
         self._check_targets(mask, eval_fraction)
         if self.columns.weight:
             check_weights(directory, self.table, self.columns.weight, ids,

@@ -33,7 +33,7 @@ import pyarrow as pa
 import torch
 
 from tokensft.core.errors import ConfigError
-from tokensft.core.dataset import load, load_metadata
+from tokensft.core.dataset import load_with_metadata
 from tokensft.core.schema import IGNORE_INDEX, TOPK_IDS_TYPE
 from tokensft.train.chunked import target_terms
 from tokensft.train.data import Columns, collate_rows, needed_columns
@@ -68,8 +68,7 @@ def trainer_dataset(directory: str, objective: str | Objective = "nll", mask: st
     """
     from tokensft.core.models import tokenizer_fingerprint
 
-    meta = load_metadata(directory)
-    dataset = load(directory)
+    dataset, meta = load_with_metadata(directory)
     if tokenizer is not None and tokenizer_fingerprint(tokenizer, chat_template=False) != meta.get("token_fingerprint"):
         raise ConfigError(f"{directory}: the tokenizer differs from the one the dataset was scored with "
                           "(token fingerprints differ); train a model that shares the scorer's tokenizer")

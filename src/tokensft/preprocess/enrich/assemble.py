@@ -24,7 +24,6 @@ import pyarrow as pa
 from tokensft import __version__
 from tokensft.core.counts import Counts
 from tokensft.core.dataset import flat_list, read_schema, read_table, shard_name
-from tokensft.core.fileio import exchange_dirs
 from tokensft.core.masks import EXCESS, MaskSpec, mask_values, quantile_threshold, source_values
 from tokensft.core.schema import (CHUNK_KEY, ENRICH_KEY, IGNORE_INDEX, METADATA_KEY, REF_MEAN_LOGPROB, SCHEMA_VERSION,
                                   TEACHER_LOGPROB, enrichment_field, enrichment_order, is_enrichment, ref_columns)
@@ -62,7 +61,7 @@ def _quantile_thresholds(plan: EnrichPlan) -> dict:
 def _read_column(plan: EnrichPlan, column: str, chunk: int) -> pa.ChunkedArray:
     """One column of chunk `chunk`: from the part of the job that adds it, else from the source shard."""
     job = next((j for j in plan.jobs if column in j.columns), None)
-    table = _read_part(plan, job, chunk)[0] if job else read_table(plan.source / shard_name(chunk), [column])
+    table = _read_part(plan, job, chunk)[0] if job else plan.shard(chunk, [column])
     return table.column(column)
 
 
@@ -97,7 +96,7 @@ def write_final_shards(plan: EnrichPlan) -> None:
     for k in range(plan.num_chunks):
         if (plan.target / shard_name(k)).is_file():
             continue
-        table = read_table(plan.source / shard_name(k))
+        table = plan.shard(k)
         chunk_stats = json.loads(table.schema.metadata[CHUNK_KEY])
         columns = {name: table.column(name) for name in table.column_names if name not in replaced}
         counts = Counts(masks={}, refs={})
@@ -217,5 +216,4 @@ def _threshold(mask: MaskSpec, quantile_logprob: float | None) -> dict:
 
 def _swap(staging: Path, source: Path) -> None:
     """Put the finished staging directory in place of the source, atomically; drop the old one."""
-    exchange_dirs(staging, source)
-    shutil.rmtree(staging, ignore_errors=True)
+    output.swap_in(staging, source)

@@ -4,6 +4,11 @@
     plan = make_plan(config, source, target, in_place)   # the request minus what DIR already holds
     plan.masks, plan.weights, plan.jobs                # what is left to compute (or is stale)
     plan.identity                                      # what decides the output (resume key)
+    plan.shard(k, columns)                             # the source's chunk k, as it was when planned
+
+The source is read once, at planning: its metadata, run state and every shard (memory-mapped) from
+one generation (`core.generations`), so an in-place enrich or `score --overwrite` of the source
+finishing while this enrichment runs changes nothing of what it reads.
 
 `preflight` checks a request before the dataset exists (`score --mask/--weight/--ref/--teacher`).
 """
@@ -16,8 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tokensft.core.dataset import load_metadata, read_schema, shard_name
+import pyarrow as pa
+
+from tokensft.core.dataset import load_metadata, read_table, shard_name
 from tokensft.core.errors import ConfigError
+from tokensft.core.generations import read_whole
 from tokensft.core.masks import MaskSpec, parse_mask
 from tokensft.core.schema import METADATA_FILE, TEACHER_LOGPROB, WEIGHT_PREFIX, is_mask_column
 from tokensft.core.weights import WeightSpec, parse_weight
@@ -77,6 +85,7 @@ class EnrichPlan:
     weights: list[WeightSpec]  # the weights to compute, in order (new, changed, or reading a recomputed column)
     jobs: list[Job]  # the model jobs to run (references, teacher) not already in the source
     identity: dict  # what decides the output: a rerun with the same identity resumes this one
+    tables: list[pa.Table] = field(default_factory=list)  # the source's shards, memory-mapped when planned
 
     @property
     def num_chunks(self) -> int:
@@ -86,6 +95,11 @@ class EnrichPlan:
     def result(self) -> Path:
         """Where the finished dataset ends up."""
         return self.source if self.in_place else self.target
+
+    def shard(self, chunk: int, columns: list[str] | None = None) -> pa.Table:
+        """The source's chunk `chunk` (optionally only `columns`), schema metadata included."""
+        table = self.tables[chunk]
+        return table.select(list(columns)) if columns is not None else table
 
     @property
     def teacher(self) -> Job | None:
@@ -131,12 +145,18 @@ def preflight(config: EnrichConfig, scorer: str) -> None:
         _resolve_jobs(config, {"token_fingerprint": token_fingerprint})
 
 
-def make_plan(config: EnrichConfig, source: Path, target: Path, in_place: bool) -> EnrichPlan:
-    """What to compute: the request minus what the dataset already holds with the same provenance."""
+def _read_source(source: Path) -> tuple[dict, dict, list[pa.Table]]:
+    """The source's metadata, run state and shards (memory-mapped), to be read in one generation."""
     meta = load_metadata(source)
     source_run = output.read_run(source)
     if source_run is None:
         raise ConfigError(f"{source}: no .tokensft/run.json; this dataset was not written by `tokensft score`")
+    return meta, source_run, [read_table(source / shard_name(k)) for k in range(source_run["num_chunks"])]
+
+
+def make_plan(config: EnrichConfig, source: Path, target: Path, in_place: bool) -> EnrichPlan:
+    """What to compute: the request minus what the dataset already holds with the same provenance."""
+    meta, source_run, tables = read_whole(source, lambda: _read_source(source))
     if in_place:
         foreign = sorted(p.name for p in source.iterdir() if not output.is_ours(p.name))
         if foreign:
@@ -153,14 +173,14 @@ def make_plan(config: EnrichConfig, source: Path, target: Path, in_place: bool) 
     masks = [m for m in masks if teacher_job is not None and TEACHER_LOGPROB in m.reads or not _mask_present(m, present)]
     recomputed = {m.column for m in masks} | {c for j in jobs for c in j.columns}
     weights = plan_weights([parse_weight(t) for t in config.weights], present.get("weights", {}), recomputed)
-    columns = set(read_schema(source / shard_name(0)).names)
+    columns = set(tables[0].schema.names) if tables else set()
     _check_columns(source, masks, weights, jobs, columns)
     identity = {
         "kind": "enrich", "source": source_run["fingerprint"], "masks": [m.spec for m in masks],
         **({"weights": [w.spec for w in weights]} if weights else {}),  # absent without: older identities still match
         "jobs": [j.identity for j in jobs], "skip_invalid": config.skip_invalid,
     }
-    return EnrichPlan(source, target, in_place, meta, source_run, masks, weights, jobs, identity)
+    return EnrichPlan(source, target, in_place, meta, source_run, masks, weights, jobs, identity, tables)
 
 
 def _resolve_jobs(config: EnrichConfig, meta: dict) -> list[Job]:

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from tokensft.core.dataset import load_metadata, read_shard_info, read_table, shard_name
+from tokensft.core.dataset import load_metadata, shard_name
 from tokensft.core.errors import ConfigError
-from tokensft.core.fileio import atomic_write
-from tokensft.core.locks import OutputLock, RankLock
+from tokensft.core.fileio import atomic_write, keeping
+from tokensft.core.locks import OutputLock, RankLock, replace_lock
 from tokensft.core.progress import Progress
-from tokensft.core.schema import ENRICH_KEY
+from tokensft.core.schema import CHUNK_KEY, ENRICH_KEY
 from tokensft.preprocess import output
 # assemble's functions are called through the module (assemble._swap, ...), never imported by name:
 # that keeps a single definition to replace, e.g. when a test interrupts a run at the swap
@@ -38,6 +38,16 @@ def enrich(config: EnrichConfig) -> dict:
     source = Path(config.input).resolve()  # `.`, `..` and symlinks: enrich the real directory
     in_place = config.output is None or Path(config.output).resolve() == source
     target = _staging(source) if in_place else Path(config.output).resolve()
+    if not in_place and source in target.parents:  # its files would block every later in-place enrich
+        raise ConfigError(f"--output {config.output}: is inside the dataset being enriched ({config.input}); "
+                          "choose a directory outside it")
+    kept = ("the dataset is unchanged and the parts scored so far are kept" if in_place else
+            "the parts and shards written so far are kept") + ": free some space, then rerun the same command to resume"
+    with keeping(kept):
+        return _enrich(config, source, target, in_place)
+
+
+def _enrich(config: EnrichConfig, source: Path, target: Path, in_place: bool) -> dict:
     rank_lock = None
     with _lock(source, target, in_place, wait=config.wait):  # --no-wait: refused here, before any work
         if in_place:
@@ -59,10 +69,10 @@ def enrich(config: EnrichConfig) -> dict:
 
 
 def _lock(source: Path, target: Path, in_place: bool, wait: bool = True):
-    """In place: a sibling `.NAME.enrich.lock` (the dataset and its staging both get swapped);
-    into --output: that output's own lock."""
+    """In place: the dataset's replace lock, a sibling `.NAME.lock` (the dataset and its staging both
+    get swapped; `score --overwrite` takes it too); into --output: that output's own lock."""
     if in_place:
-        return OutputLock(source.parent, name=f".{source.name}.enrich.lock", wait=wait)
+        return replace_lock(source, wait=wait)
     return OutputLock(target, wait=wait)
 
 
@@ -116,12 +126,12 @@ def _run_job(config: EnrichConfig, plan: EnrichPlan, job) -> None:
     if not pending:
         return
     source = plan.source
-    rows = sum(read_shard_info(source / shard_name(k))[1].get("written", 0) for k in pending)
+    rows = sum(json.loads(plan.shard(k).schema.metadata[CHUNK_KEY]).get("written", 0) for k in pending)
     worker = job.load(config)
     progress = Progress(total_rows=rows, disable=config.quiet, desc=f"{job.kind} {job.name}")
     (plan.target / output.STATE_DIR / PARTS_DIR).mkdir(parents=True, exist_ok=True)
     for k in pending:
-        table = read_table(source / shard_name(k), job.reads)
+        table = plan.shard(k, job.reads)
         columns, counts, targets = worker(table, f"{source}/{shard_name(k)}")
         part = pa.table(columns)
         part = part.replace_schema_metadata({ENRICH_KEY: json.dumps(counts).encode()})
