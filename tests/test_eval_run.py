@@ -176,3 +176,24 @@ def test_report_sweep_refuses_an_eval_directory(tmp_path, tiny_dirs, capsys):
     assert main(["report", str(data), "-o", str(tmp_path / "r"), "--sweep", str(tmp_path / "eval"), "-q"]) == 2
     err = capsys.readouterr().err
     assert "not a `tokensft sweep` result" in err and err.count("\n") == 1
+
+
+def test_sampled_eval_reports_avg_pass_and_majority_with_intervals(tmp_path, tiny_dirs):
+    evaluate(_config(tmp_path, tiny_dirs["bpe"], temperature=1.0, top_p=0.9, samples=3, pass_k=[1, 2],
+                     teacher_forced=False))
+    rows = _rows(tmp_path / "eval")
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    correct = [[r["correct"] for r in rows if r["id"] == i] for i in dict.fromkeys(r["id"] for r in rows)]
+    assert results["avg@3"]["value"] == pytest.approx(sum(map(sum, correct)) / (3 * len(correct))) == results["accuracy"]
+    assert set(results) >= {"pass@1", "pass@2", "maj@3", "interval", "outcomes"} and "pass@3" not in results
+    lo, hi = results["interval"]
+    assert lo <= results["accuracy"] <= hi and results["interval_method"].startswith("bootstrap over examples")
+    assert results["decoding"] == {"max_new_tokens": 10, "temperature": 1.0, "top_p": 0.9, "samples": 3, "seed": 0,
+                                   "pass_k": [1, 2]}
+    assert {r["verdict"] for r in rows} <= {"right", "wrong", "no_answer"}
+    no_answer = sum(r["verdict"] == "no_answer" for r in rows)
+    assert results["outcomes"]["no_answer"] == no_answer and all(not r["correct"] for r in rows if r["verdict"] == "no_answer")
+    with pytest.raises(ConfigError, match="--pass-k"):
+        _config(tmp_path, tiny_dirs["bpe"], temperature=1.0, samples=2, pass_k=[3]).validate()
+    with pytest.raises(ConfigError, match="--top-p"):
+        _config(tmp_path, tiny_dirs["bpe"], top_p=0.5).validate()

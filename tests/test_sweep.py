@@ -64,14 +64,14 @@ def test_each_arm_equals_train_and_eval_by_hand(inputs, tiny_dirs, tmp_path):
 def test_a_killed_sweep_resumes_arm_by_arm(inputs, tiny_dirs, tmp_path, monkeypatch):
     data, heldout = inputs
     clean, killed = tmp_path / "clean", tmp_path / "killed"
-    assert sweep_cli(data, heldout, clean, "--model", tiny_dirs["bpe"], "--no-baseline") == 0
+    assert sweep_cli(data, heldout, clean, "--model", tiny_dirs["bpe"], "--no-initial") == 0
     monkeypatch.setattr(eval_run, "_finish", dies_on_call(eval_run._finish, 2))  # killed in the second arm's eval
-    assert sweep_cli(data, heldout, killed, "--model", tiny_dirs["bpe"], "--no-baseline") == 130
+    assert sweep_cli(data, heldout, killed, "--model", tiny_dirs["bpe"], "--no-initial") == 130
     monkeypatch.undo()
     first = killed / "arms" / "nll" / "seed-0" / "model" / "model.safetensors"
     stamp = first.stat().st_mtime_ns
     assert not (killed / "results.json").exists()
-    assert sweep_cli(data, heldout, killed, "--model", tiny_dirs["bpe"], "--no-baseline") == 0
+    assert sweep_cli(data, heldout, killed, "--model", tiny_dirs["bpe"], "--no-initial") == 0
     assert first.stat().st_mtime_ns == stamp  # the finished arm was not trained again
     a, b = (json.loads((d / "results.json").read_text()) for d in (clean, killed))
     assert [(x["arm"], x["accuracy"], x["heldout_mean_p"]) for x in a["arms"]] == \
@@ -83,7 +83,7 @@ def test_lora_arms_are_merged_so_eval_can_load_them(inputs, tiny_dirs, tmp_path)
     data, heldout = inputs
     out = tmp_path / "lora"
     assert main(["sweep", str(data), "--objectives", "nll", "--eval", str(heldout), "-o", str(out), "--max-steps", "1",
-                 "--batch-size", "4", "--max-new-tokens", "2", "--no-baseline", "-q", "--model", str(tiny_dirs["bpe"]),
+                 "--batch-size", "4", "--max-new-tokens", "2", "--no-initial", "-q", "--model", str(tiny_dirs["bpe"]),
                  "--lora-r", "2"]) == 0
     run = json.loads((out / "results.json").read_text())["arms"][0]["runs"][0]
     assert "--merge" in shlex.split(run["commands"][0]) and (out / "arms" / "nll" / "seed-0" / "model" / "config.json").is_file()

@@ -340,6 +340,8 @@ def test_sweep_applies_the_weight_to_every_arm(weighted, tmp_path, monkeypatch):
                  str(tmp_path / "s"), "--weight", "prob^1", "--normalize", "weight-sum", "-q"]) == 0
     config = seen["config"]
     assert config.train["weight"] == "prob^1" and config.train["normalize"] == "weight-sum"
+    from tokensft.evaluate.sweep_results import commands
+
     for arm in sweep_module.parse_arms(config.objectives):
-        assert sweep_module._train_config(config, tmp_path / "s", arm, 0).weight == "prob^1"
-        assert "--weight 'prob^1'" in sweep_module._commands(config, tmp_path / "s", arm, 0)[0]
+        assert sweep_module.train_config(config, tmp_path / "s", arm, 0).weight == "prob^1"
+        assert "--weight 'prob^1'" in commands(config, tmp_path / "s", arm, 0)[0]

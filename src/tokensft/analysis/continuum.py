@@ -131,18 +131,28 @@ def _family(spec: str) -> str | None:
     return "profit" if family == "nll" and mask.replace(" ", "").startswith("prob>=") else None
 
 
-def agreement(arms: list[dict], recommendation: dict) -> dict:
+VERDICT_ORDER = {"better": 0, "baseline": 1, "not distinguishable": 1, "worse": 2}
+
+
+def agreement(arms: list[dict], recommendation: dict, lead: dict | None = None) -> dict:
     """A measured ranking against the guidance (`recommend`), compared by objective family.
 
-    arms: one dict per arm with "arm" (its spec, OBJECTIVE[@MASK]), "accuracy" (mean over seeds),
-    "accuracy_sd" and "runs" (one per seed). Returns best (the top arm), agree (its objective is
-    among the recommended ones; None without a measurement), contradicts (it is among those the
-    guidance says to avoid), lead (over the runner-up) and within_noise (the lead is no larger than
-    the larger spread over seeds of the two; None with one seed or one arm).
+    arms: one dict per arm with "arm" (its spec, OBJECTIVE[@MASK]), "accuracy" (mean over every
+    draw), "accuracy_sd" (over seeds) and, from a sweep, "vs_baseline" (its paired verdict against
+    the baseline arm): arms are ranked by that verdict (better first, worse last), then by accuracy.
+    lead: the paired comparison of the top two arms ({"verdict", "difference", "interval"}).
+    Returns best (the top arm), agree (its objective is among the recommended ones; None without a
+    measurement), contradicts (it is among those the guidance says to avoid), lead (over the
+    runner-up) and within_noise: the top two are not distinguishable at 95% (from `lead`; without
+    it, whether the lead is no larger than the larger spread over seeds; None with one seed or arm).
     """
-    ranked = sorted((a for a in arms if a.get("accuracy") is not None), key=lambda a: (-a["accuracy"], a["arm"]))
+    def rank(a):
+        return VERDICT_ORDER.get((a.get("vs_baseline") or {}).get("verdict"), 1), -a["accuracy"], a["arm"]
+
+    ranked = sorted((a for a in arms if a.get("accuracy") is not None), key=rank)
     out = {"regime": recommendation.get("regime"), "recommended": recommendation.get("objectives", []),
-           "best": None, "agree": None, "contradicts": None, "lead": None, "within_noise": None}
+           "best": None, "agree": None, "contradicts": None, "lead": None, "within_noise": None,
+           "lead_interval": None}
     if not ranked:
         return out
     best = ranked[0]
@@ -152,7 +162,11 @@ def agreement(arms: list[dict], recommendation: dict) -> dict:
                contradicts=family in {_family(o) for o in recommendation.get("avoid", [])} if known else None)
     if len(ranked) > 1:
         out["lead"] = best["accuracy"] - ranked[1]["accuracy"]
-        spreads = [best["accuracy_sd"], ranked[1]["accuracy_sd"]]
-        if all(sd is not None for sd in spreads):  # one seed (or a seed without accuracy): no spread to judge by
-            out["within_noise"] = bool(out["lead"] <= max(spreads))
+        if lead is not None and lead.get("arms", [None])[0] == best["arm"]:
+            out["within_noise"] = lead["verdict"] == "not distinguishable"
+            out["lead_interval"] = lead.get("interval")
+        else:
+            spreads = [best.get("accuracy_sd"), ranked[1].get("accuracy_sd")]
+            if all(sd is not None for sd in spreads):  # one seed (or a seed without accuracy): no spread to judge by
+                out["within_noise"] = bool(out["lead"] <= max(spreads))
     return out

@@ -18,13 +18,24 @@ def _add_decoding(p):
     from tokensft.evaluate.config import EvalConfig as D
 
     d = p.add_argument_group("decoding and answers")
-    d.add_argument("--metric", help=f"exact, numeric (last number; GSM8K's #### understood), contains, or regex:PATTERN "
-                                    f"(its first group) (default {D.metric})")
+    d.add_argument("--metric", help="exact, numeric (last number; GSM8K's #### understood), contains, regex:PATTERN "
+                                    "(its first group), choice (a letter A-E; none read is no answer), or math "
+                                    f"(Math-Verify: last \\boxed{{}} first; needs tokensft[math]) (default {D.metric})")
     d.add_argument("--max-new-tokens", type=int, help=f"tokens generated at most per completion (default {D.max_new_tokens})")
     d.add_argument("--temperature", type=float, help=f"0: greedy (default {D.temperature})")
-    d.add_argument("--samples", type=int, help="completions per example, accuracy averaged over them (avg@N, as BLL "
-                                               f"reports); needs --temperature (default {D.samples})")
+    d.add_argument("--top-p", type=float, help=f"nucleus sampling mass, with --temperature (default {D.top_p})")
+    d.add_argument("--samples", type=int, help="completions per example: avg@N (the mean over every draw, as BLL "
+                                               f"reports), pass@k, maj@N; needs --temperature (default {D.samples})")
+    d.add_argument("--pass-k", type=_ks, help="comma-separated k of pass@k (unbiased estimator), each <= --samples "
+                                              "(default: 1 and N)")
     return d
+
+
+def _ks(text: str) -> list[int]:
+    try:
+        return [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers, e.g. 1,4") from None
 
 
 def add(sub) -> None:
@@ -76,11 +87,15 @@ def _add_sweep(sub) -> None:
     p.add_argument("data", help="a dataset written by `tokensft score` (and `enrich`): the training data of every arm")
     p.add_argument("--objectives", required=True, help="arms, comma-separated: OBJECTIVE[@MASK], e.g. "
                    "nll,p,threshold-nll:0.2,profit:0.1,nll@prob>=0.1,qtarget:gamma=0.5,prior=teacher")
-    p.add_argument("--eval", required=True, dest="heldout", metavar="HELDOUT", help="held-out records (any score format)")
+    p.add_argument("--eval", required=True, dest="heldout", metavar="HELDOUT", action="append",
+                   help="held-out records (any score format): FILE, NAME=FILE, or NAME=FILE:METRIC (its own --metric); "
+                        "repeatable: each set is judged on its own")
     p.add_argument("--output", "-o", required=True, help="sweep directory")
     p.add_argument("--seeds", default="0", help="comma-separated seeds; each arm trains once per seed (default 0)")
-    p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
-                   help="also evaluate the initial model (default)")
+    p.add_argument("--baseline", metavar="ARM", help="the arm every arm is compared with, paired on the same examples "
+                                                     "(default: nll when it is an arm, else the first)")
+    p.add_argument("--initial", action=argparse.BooleanOptionalAction, default=True,
+                   help="also evaluate the untrained model: its accuracy, and what training broke and fixed (default)")
     add_train_settings(p)  # every train setting, applied to all arms
     _add_decoding(p)
     g, _ = add_record_flags(p, "held-out records: rendering")
@@ -94,7 +109,7 @@ def _add_sweep(sub) -> None:
 
 def run_sweep(args) -> int:
     from tokensft.evaluate.config import EvalConfig
-    from tokensft.evaluate.sweep import SweepConfig, sweep
+    from tokensft.evaluate.sweep import SweepConfig, parse_heldout, sweep
     from tokensft.records.formats import FormatSpec
     from tokensft.train.config import TrainConfig
 
@@ -116,8 +131,9 @@ def run_sweep(args) -> int:
     spec = given(args, FormatSpec)
     if spec:
         evaluation["format"] = spec  # a dict here (results.json keeps it); EvalConfig gets a FormatSpec
-    config = SweepConfig(data=args.data, heldout=args.heldout, output=args.output, objectives=args.objectives,
-                         seeds=seeds, baseline=args.baseline, train=train, eval=evaluation,
+    config = SweepConfig(data=args.data, heldout=[parse_heldout(h) for h in args.heldout], output=args.output,
+                         objectives=args.objectives, seeds=seeds, baseline=args.baseline, initial=args.initial,
+                         train=train, eval=evaluation,
                          rank=args.rank if args.rank is not None else 0,
                          world_size=args.world_size if args.world_size is not None else 1, overwrite=args.overwrite,
                          quiet=args.quiet, command=shlex.join(["tokensft", *args.argv]))

@@ -1,8 +1,9 @@
 """Answer checks for generation-based evaluation: pure functions of (completion, reference).
 
-    metric = parse_metric("numeric")                 # exact | numeric | contains | regex:PATTERN
-    answer = metric.extract(completion)              # the answer the model gave (None: none found)
-    metric.correct(completion, reference)            # bool
+    metric = parse_metric("numeric")                 # exact | numeric | contains | regex:PATTERN | choice | math
+    grade = metric.grade(completion, reference)      # Grade(verdict, answer, note)
+    grade.verdict                                    # True, False, or None: no answer found ("no answer")
+    tokensft.grade(completion, reference, "math")    # the same verdict, as public Python
 
     exact      the whole completion, whitespace collapsed and case folded, equals the reference's
     numeric    the completion's number equals the reference's: in each, the first number after the
@@ -14,6 +15,13 @@
     regex:P    the first group of P's first match (the whole match when P has no group), in the
                completion, equals the same extraction from the reference (or the whole normalized
                reference when P does not match it)
+    choice     a multiple-choice letter A-E: the last "answer is (B)" / "answer: B", else a
+               completion that is only a letter ("C", "(C)", "C."), else the last "(B)"; none of
+               these is no answer -- never "the most similar option" (BLL's matcher always picks one)
+    math       Math-Verify (`tokensft[math]`): the last \boxed{} first, symbolic equivalence; see mathgrade
+
+A completion with no answer the metric can read (no number, no letter, no match, nothing Math-Verify
+parses) is wrong, and counted apart: its verdict is None.
 """
 
 from __future__ import annotations
@@ -24,7 +32,10 @@ from fractions import Fraction
 
 from tokensft.core.errors import ConfigError
 
-METRICS = ("exact", "numeric", "contains", "regex:PATTERN")
+METRICS = ("exact", "numeric", "contains", "regex:PATTERN", "choice", "math")
+_ANSWER_IS = re.compile(r"answer(?: is|:)?\s*(?:option\s*)?\(?\**([A-E])\b", re.IGNORECASE)
+_ONLY_LETTER = re.compile(r"\s*\(?([A-E])[).:]?\s*")
+_PAREN_LETTER = re.compile(r"\(([A-E])\)")
 # 1,234.5  -3  .5  3/4  1.5e-3; a minus only where it is no hyphen (not after a word character or a dot)
 _NUMBER = re.compile(r"(?<![\w.])-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?(?:/\d+(?![\d.]))?")
 _MINUSES = str.maketrans({"\u2212": "-", "\u2013": "-"})  # the minus sign and an en dash written for one
@@ -76,6 +87,31 @@ def reference_number(reference: str) -> Fraction | None:
     return marked_number(reference)
 
 
+def choice_letter(text: str) -> str | None:
+    """The option letter a text gives (see the module docstring), upper case, or None."""
+    found = _ANSWER_IS.findall(text)
+    if found:
+        return found[-1].upper()
+    if only := _ONLY_LETTER.fullmatch(text):
+        return only.group(1)
+    found = _PAREN_LETTER.findall(text)
+    return found[-1] if found else None
+
+
+@dataclass(frozen=True)
+class Grade:
+    """One completion checked: verdict True (right), False (wrong) or None (no answer it could read);
+    the answer as the metric read it; a note (e.g. "timeout", "unreadable reference")."""
+
+    verdict: bool | None
+    answer: str | None
+    note: str | None = None
+
+    @property
+    def correct(self) -> bool:
+        return self.verdict is True
+
+
 @dataclass(frozen=True)
 class Metric:
     """A parsed --metric: `name` is exact, numeric, contains or regex; `pattern` for regex."""
@@ -112,14 +148,27 @@ class Metric:
             return found if found is not None else normalize(reference)
         return normalize(reference)
 
-    def correct(self, completion: str, reference: str) -> bool:
+    def grade(self, completion: str, reference: str) -> Grade:
+        """The completion checked against the reference (see Grade)."""
+        if self.name == "math":
+            from tokensft.evaluate.mathgrade import grade_math
+
+            return Grade(*grade_math(completion, reference))
+        if self.name == "choice":
+            answer, expected = choice_letter(completion), choice_letter(reference)
+            if expected is None:
+                return Grade(False, answer, "unreadable reference")
+            return Grade(None if answer is None else answer == expected, answer)
         expected = self.expected(reference)
-        if expected is None:
-            return False
         if self.name == "contains":
-            return expected in normalize(completion)
+            return Grade(expected in normalize(completion), normalize(completion))
         answer = self.extract(completion)
-        return answer is not None and answer == expected
+        if expected is None:
+            return Grade(False, answer, "unreadable reference")
+        return Grade(None if answer is None else answer == expected, answer)
+
+    def correct(self, completion: str, reference: str) -> bool:
+        return self.grade(completion, reference).correct
 
 
 def _plain(value: Fraction) -> str:
@@ -129,7 +178,13 @@ def _plain(value: Fraction) -> str:
 
 def parse_metric(text: str) -> Metric:
     """Parse a --metric value; a ConfigError names the choices."""
-    if text in ("exact", "numeric", "contains"):
+    if text == "math":
+        from tokensft.evaluate.mathgrade import available
+
+        if not available():
+            raise ConfigError("--metric math checks answers with Math-Verify: pip install 'tokensft[math]' "
+                              "(or math-verify) first")
+    if text in ("exact", "numeric", "contains", "choice", "math"):
         return Metric(text)
     if text.startswith("regex:"):
         pattern = text[len("regex:"):]

@@ -22,10 +22,12 @@ class EvalConfig(RunConfig):
     model: str
     input: str
     output: str
-    metric: str = "exact"  # exact | numeric | contains | regex:PATTERN (see evaluate.answers)
+    metric: str = "exact"  # exact | numeric | contains | regex:PATTERN | choice | math (see evaluate.answers)
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0  # nucleus sampling: draw from the smallest set of tokens holding this much probability
     samples: int = 1  # completions per example (avg@N); > 1 needs a temperature
+    pass_k: list[int] | None = None  # pass@k for each k (samples > 1); None: 1 and N
     seed: int = 0  # sampling: each (example, sample) draws from its own generator, seeded from this
     format: FormatSpec = field(default_factory=FormatSpec)
     input_format: str | None = None
@@ -34,6 +36,13 @@ class EvalConfig(RunConfig):
     shard_size: int = 1000  # input rows per part (the unit of resume)
     teacher_forced: bool = True  # also score the records: held-out mean target p and NLL per token
     resume: bool = True
+
+    @property
+    def ks(self) -> list[int]:
+        """The k of every pass@k reported: --pass-k, else 1 and N (none with one draw)."""
+        if self.samples == 1:
+            return []
+        return sorted(set(self.pass_k)) if self.pass_k else sorted({1, self.samples})
 
     def validate(self) -> None:
         super().validate()
@@ -44,6 +53,14 @@ class EvalConfig(RunConfig):
             raise ConfigError(f"--temperature {self.temperature}: must be >= 0 (0: greedy)")
         if self.samples < 1:
             raise ConfigError(f"--samples {self.samples}: must be at least 1")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"--top-p {self.top_p}: must be in (0, 1] (1: the whole distribution)")
+        if self.top_p < 1 and self.temperature == 0:
+            raise ConfigError(f"--top-p {self.top_p} has no effect with greedy decoding; add --temperature (e.g. 1)")
+        bad = [k for k in self.pass_k or [] if not 1 <= k <= self.samples]
+        if bad:
+            raise ConfigError(f"--pass-k {','.join(map(str, self.pass_k))}: each k must be between 1 and --samples "
+                              f"{self.samples} (pass@k of N draws)")
         if self.samples > 1 and self.temperature == 0:
             raise ConfigError(f"--samples {self.samples} with greedy decoding gives the same completion every time; "
                               "add --temperature (e.g. 0.7)")

@@ -20,11 +20,18 @@ import torch
 from tokensft.core.scorer import plan_batches
 
 
-def _pick(logits: torch.Tensor, temperature: float, generators: Sequence[torch.Generator] | None) -> torch.Tensor:
-    """(B,) next tokens from logits (B, V): argmax, or one draw per row from softmax(logits / T)."""
+def _pick(logits: torch.Tensor, temperature: float, generators: Sequence[torch.Generator] | None,
+          top_p: float = 1.0) -> torch.Tensor:
+    """(B,) next tokens from logits (B, V): argmax, or one draw per row from softmax(logits / T),
+    restricted with top_p < 1 to the smallest set of most probable tokens whose mass reaches top_p."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, V)
+    if top_p < 1:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)  # (B, V)
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p  # mass before a token already reaches p
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     return torch.cat([torch.multinomial(probs[b], 1, generator=generators[b]) for b in range(len(probs))])
 
 
@@ -35,7 +42,7 @@ def _cache_name(model) -> str:
 
 @torch.no_grad()
 def generate_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_ids: set[int], pad_id: int,
-                   temperature: float = 0.0, seeds: Sequence[int] | None = None) -> list[list[int]]:
+                   temperature: float = 0.0, seeds: Sequence[int] | None = None, top_p: float = 1.0) -> list[list[int]]:
     """Completions of one batch of prompts (lists of token ids), each ending at its first stop id."""
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
@@ -55,7 +62,7 @@ def generate_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
     done = [False] * len(prompts)
     next_position = positions[:, -1:] + 1  # (B, 1)
     for _ in range(max_new_tokens):
-        tokens = _pick(out.logits[:, -1, :], temperature, generators)  # (B,)
+        tokens = _pick(out.logits[:, -1, :], temperature, generators, top_p)  # (B,)
         for b, token in enumerate(tokens.tolist()):
             if not done[b]:
                 completions[b].append(token)
@@ -72,14 +79,14 @@ def generate_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
 
 def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_ids: set[int], pad_id: int,
              temperature: float = 0.0, seeds: Sequence[int] | None = None, batch_tokens: int = 1024,
-             on_batch=None) -> list[list[int]]:
+             on_batch=None, top_p: float = 1.0) -> list[list[int]]:
     """Completions of every prompt, in the prompts' order, decoded in length-bucketed batches of at
     most `batch_tokens` prompt + completion tokens. on_batch(n_done): called after each batch."""
     lengths = [len(p) + max_new_tokens for p in prompts]
     out: list[list[int] | None] = [None] * len(prompts)
     for batch in plan_batches(lengths, batch_tokens):
         done = generate_batch(model, [prompts[i] for i in batch], max_new_tokens, stop_ids, pad_id, temperature,
-                              [seeds[i] for i in batch] if seeds is not None else None)
+                              [seeds[i] for i in batch] if seeds is not None else None, top_p)
         for i, completion in zip(batch, done):
             out[i] = completion
         if on_batch is not None:

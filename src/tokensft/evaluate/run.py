@@ -40,6 +40,7 @@ from tokensft.core.schema import IGNORE_INDEX, STATE_DIR
 from tokensft.evaluate import teacher_forced
 from tokensft.evaluate.answers import parse_metric
 from tokensft.evaluate.config import EvalConfig
+from tokensft.evaluate.scores import eval_scores
 from tokensft.records.formats import Example, Message, to_example
 from tokensft.records.readers import count_rows, detect_kind, input_fingerprint, iter_rows, pending_chunks
 from tokensft.records.render import Renderer
@@ -50,8 +51,11 @@ OUR_FILES = {RESULTS, EXAMPLES, STATE_DIR, ".tokensft.lock", "scored"}  # scored
 PART_COLUMNS = pa.schema([
     ("id", pa.string()), ("sample", pa.int32()), ("prompt", pa.string()), ("completion", pa.string()),
     ("answer", pa.string()), ("reference", pa.string()), ("correct", pa.bool_()),
+    ("verdict", pa.string()),  # right, wrong, or no_answer (the metric read no answer: wrong, and counted apart)
+    ("note", pa.string()),  # e.g. "timeout" (math), "unreadable reference"
     ("prompt_tokens", pa.int32()), ("new_tokens", pa.int32()), ("stopped", pa.bool_()),
 ])
+VERDICTS = {True: "right", False: "wrong", None: "no_answer"}
 
 
 def evaluate(config: EvalConfig) -> dict:
@@ -75,7 +79,8 @@ def evaluate(config: EvalConfig) -> dict:
         "tokenizer_fingerprint": tokenizer_fingerprint(loaded.tokenizer), "format": fmt,
         "format_spec": asdict(config.format), "template": renderer.template, "max_length": limit,
         "metric": metric.spec, "max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
-        "samples": config.samples, "seed": config.seed, "shard_size": config.shard_size,
+        "top_p": config.top_p, "samples": config.samples, "seed": config.seed, "shard_size": config.shard_size,
+        "parts": 2,  # the part columns' version: verdict and note since 2
         "skip_invalid": config.skip_invalid, "dtype": str(loaded.dtype).removeprefix("torch."),
         "teacher_forced": config.teacher_forced,
     }
@@ -235,13 +240,16 @@ def _generate_chunk(config, fmt, renderer, limit, loaded, metric, teacher, stops
     seeds = [sample_seed(config.seed, i, s) for i, s, _, _ in todo]
     completions = generate(loaded.model, [t[2] for t in todo], config.max_new_tokens, stops, pad,
                            config.temperature, seeds,
-                           batch_tokens=config.batch_tokens or default_batch_tokens(loaded.device)) if todo else []
+                           batch_tokens=config.batch_tokens or default_batch_tokens(loaded.device),
+                           top_p=config.top_p) if todo else []
     out = []
     for (example_id, sample, prompt, reference), ids in zip(todo, completions):
         stopped = bool(ids) and ids[-1] in stops
         text = tokenizer.decode(ids[:-1] if stopped else ids, skip_special_tokens=True)
+        grade = metric.grade(text, reference)
         out.append({"id": example_id, "sample": sample, "prompt": tokenizer.decode(prompt), "completion": text,
-                    "answer": metric.extract(text), "reference": reference, "correct": metric.correct(text, reference),
+                    "answer": grade.answer, "reference": reference, "correct": grade.correct,
+                    "verdict": VERDICTS[grade.verdict], "note": grade.note,
                     "prompt_tokens": len(prompt), "new_tokens": len(ids), "stopped": stopped})
     _write_part(directory, chunk, out, counts, teacher.score(scored) if teacher else None)
     progress.update(rows=len(rows), targets=sum(r["new_tokens"] for r in out))
@@ -267,14 +275,17 @@ def _finish(config: EvalConfig, directory: Path, identity: dict, num_chunks: int
     correct = table.column("correct").to_numpy(zero_copy_only=False).astype(float)
     sample = table.column("sample").to_numpy()
     per_sample = [float(correct[sample == s].mean()) for s in range(config.samples) if (sample == s).any()]
+    scores = eval_scores(table.select(["id", "sample", "answer", "correct", "verdict", "note"]).to_pylist(),
+                         config.samples, config.ks, config.seed)
     results = {
-        "accuracy": float(np.mean(per_sample)) if per_sample else None,
+        **scores,  # accuracy (the mean over every draw) and its interval; avg@N, pass@k, maj@N; outcomes
         "accuracy_per_sample": per_sample,
         "accuracy_sd": float(np.std(per_sample, ddof=1)) if len(per_sample) > 1 else None,
         "metric": identity["metric"], "counts": counts, "completions": table.num_rows,
         "stopped_fraction": float(table.column("stopped").to_numpy(zero_copy_only=False).mean()) if len(table) else None,
         "model": {"name": config.model, "content_hash": identity["model_hash"]},
-        "decoding": {k: identity[k] for k in ("max_new_tokens", "temperature", "samples", "seed")},
+        "decoding": {**{k: identity[k] for k in ("max_new_tokens", "temperature", "top_p", "samples", "seed")},
+                     "pass_k": config.ks},
         "render": {"format": identity["format"], "template": identity["template"], "max_length": identity["max_length"]},
         "input": {"path": str(config.input), "fingerprint": identity["input_fingerprint"]},
         "teacher_forced": teacher_forced.numbers(teacher_sums) if config.teacher_forced else None,

@@ -99,9 +99,18 @@ def eval_lines(summary: dict) -> list[str]:
     done = " (already complete with these settings)" if summary["status"] == "already-finished" else ""
     lines = [f"eval: {summary['output']}{done}"]
     if r["accuracy"] is not None:
-        spread = f" (sd over {len(r['accuracy_per_sample'])} samples {r['accuracy_sd']:.3f})" if r["accuracy_sd"] is not None else ""
-        lines.append(f"  accuracy {r['accuracy']:.3f}{spread} on {r['counts']['evaluated']:,} examples ({r['metric']}); "
+        samples = r["decoding"]["samples"]
+        name = f"avg@{samples}" if samples > 1 else "accuracy"
+        interval = r.get("interval")
+        ci = f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+        lines.append(f"  {name} {r['accuracy']:.3f}{ci} (95%) on {r['counts']['evaluated']:,} examples ({r['metric']}); "
                      f"{r['stopped_fraction']:.0%} of completions ended at an end-of-turn token")
+        more = [f"{k} {r[k]['value']:.3f}" for k in sorted(r) if k.startswith(("pass@", "maj@"))]
+        if more:
+            lines.append("  " + ", ".join(more))
+        outcomes = r.get("outcomes", {})
+        if outcomes.get("no_answer"):
+            lines.append(f"  no answer read in {outcomes['no_answer']:,} of {r['completions']:,} completions (counted wrong)")
     skipped = r["counts"].get("skipped", {})
     if skipped:
         lines.append(f"  skipped {sum(skipped.values()):,} ({', '.join(f'{k} {v:,}' for k, v in skipped.items())})")
@@ -113,21 +122,32 @@ def eval_lines(summary: dict) -> list[str]:
 
 
 def sweep_lines(summary: dict) -> list[str]:
-    """What `tokensft sweep` prints when it ends: the ranking, and whether it agrees with the guidance."""
+    """What `tokensft sweep` prints when it ends: per held-out set the ranking with intervals and the
+    verdicts against the baseline arm, then whether the measurement agrees with the guidance."""
     if summary["status"] == "rank-done":
         return _rank_done(summary)
     r = summary["results"]
-    lines = [f"sweep: {summary['output']}/index.html"]
-    for arm in sorted(r["arms"], key=lambda a: -(a["accuracy"] if a["accuracy"] is not None else -1.0)):
-        sd = f" +- {arm['accuracy_sd']:.3f}" if arm["accuracy_sd"] is not None else ""
-        p = f", held-out mean p {arm['heldout_mean_p']:.3f}" if arm["heldout_mean_p"] is not None else ""
-        accuracy = "n/a" if arm["accuracy"] is None else f"{arm['accuracy']:.3f}"
-        lines.append(f"  {arm['arm']:<28} accuracy {accuracy}{sd}{p}")
-    if r.get("baseline") and r["baseline"]["accuracy"] is not None:
-        lines.append(f"  {'(before training)':<28} accuracy {r['baseline']['accuracy']:.3f}")
+    lines = [f"sweep: {summary['output']}/index.html (baseline arm {r.get('baseline')})"]
+    for name, judged in (r.get("sets") or {}).items():
+        lines.append(f"  {name} ({judged.get('metric')}, {judged.get('examples')} examples):")
+        by_arm = {a["arm"]: a for a in judged["arms"]}
+        for spec in judged["ranking"]:
+            a = by_arm[spec]
+            ci = f" [{a['interval'][0]:.3f}, {a['interval'][1]:.3f}]" if a.get("interval") else ""
+            accuracy = "n/a" if a["accuracy"] is None else f"{a['accuracy']:.3f}{ci}"
+            vs = a.get("vs_baseline") or {}
+            moved = a.get("transitions")
+            fixed = f"; fixed {moved['fixed']}, broke {moved['broke']}" if moved else ""
+            lines.append(f"    {spec:<28} accuracy {accuracy}  {vs.get('verdict', '')}{fixed}")
+        initial = judged.get("initial")
+        if initial and initial["accuracy"] is not None:
+            lines.append(f"    {'(before training)':<28} accuracy {initial['accuracy']:.3f}")
+        overlap = judged.get("overlap") or {}
+        if overlap.get("in_training"):
+            lines.append(f"    warning: {overlap['in_training']} of {overlap['records']} records ask a training prompt")
     g = r["guidance"]
     if g["best"] is not None:
         verdict = "agrees" if g["agree"] else "contradicts it" if g.get("contradicts") else "does not agree"
         lines.append(f"  guidance ({g['regime']}): {', '.join(g['recommended'])}; the best arm {g['best']} {verdict}"
-                     + (" (within the spread over seeds)" if g["within_noise"] else ""))
+                     + (" (not distinguishable from the runner-up at 95%)" if g["within_noise"] else ""))
     return lines

@@ -215,14 +215,17 @@ def compare(result: dict, label_a: str = "A", label_b: str = "B") -> bytes:
 
 
 def sweep(arms: list[dict], baseline: dict | None) -> bytes:
-    """Held-out accuracy per arm (mean, +-1 sd over seeds, each seed a dot) and held-out mean target p."""
+    """Held-out accuracy per arm (mean over every draw, its 95% interval, each seed a dot) and held-out mean target p."""
     fig, (left, right) = _figure(9.0, 0.9 + 0.45 * max(len(arms), 2), 2)
     names = [a["arm"] for a in arms]
     y = np.arange(len(arms))
     means = [a["accuracy"] if a["accuracy"] is not None else np.nan for a in arms]
-    left.barh(y, means, xerr=[a["accuracy_sd"] or 0.0 for a in arms], color=BLUE, alpha=0.7, capsize=3)
+    lows = [m - a["interval"][0] if a.get("interval") else 0.0 for m, a in zip(means, arms)]
+    highs = [a["interval"][1] - m if a.get("interval") else 0.0 for m, a in zip(means, arms)]
+    left.barh(y, means, xerr=[lows, highs], color=BLUE, alpha=0.7, capsize=3)
     for i, arm in enumerate(arms):
-        left.plot([r["accuracy"] for r in arm["runs"]], [i] * len(arm["runs"]), "o", color="#1e2329", markersize=3)
+        runs = arm.get("runs", [])
+        left.plot([r["accuracy"] for r in runs], [i] * len(runs), "o", color="#1e2329", markersize=3)
     if baseline is not None and baseline["accuracy"] is not None:
         left.axvline(baseline["accuracy"], color=GREY, linestyle="--", linewidth=1, label="before training")
         left.legend(fontsize=8, loc="lower right")
@@ -230,8 +233,9 @@ def sweep(arms: list[dict], baseline: dict | None) -> bytes:
     left.invert_yaxis()
     left.set_xlim(0, 1)
     left.set_xlabel("held-out accuracy")
-    right.barh(y, [a["heldout_mean_p"] if a["heldout_mean_p"] is not None else np.nan for a in arms], color=GREEN, alpha=0.7)
-    if baseline is not None and baseline["heldout_mean_p"] is not None:
+    right.barh(y, [a["heldout_mean_p"] if a.get("heldout_mean_p") is not None else np.nan for a in arms], color=GREEN,
+               alpha=0.7)
+    if baseline is not None and baseline.get("heldout_mean_p") is not None:
         right.axvline(baseline["heldout_mean_p"], color=GREY, linestyle="--", linewidth=1)
     right.set_yticks(y, [""] * len(arms))
     right.invert_yaxis()
