@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_train_switches.py
 	$(PY) benchmarks/bench_report.py
+	$(PY) benchmarks/bench_eval.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

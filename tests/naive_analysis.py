@@ -11,7 +11,7 @@ import datasets
 import pytest
 
 import tokensft
-from tokensft.analysis import CLASSES, REFERENCE_POINTS
+from tokensft.analysis import CLASSES, PROJECT_POINTS, REFERENCE_POINTS
 from tokensft.core.schema import IGNORE_INDEX
 
 
@@ -145,7 +145,10 @@ def naive_summary(directory: Path, classes, n: int = 10) -> dict:
     cont = {"targets": len(targets), **p_stats(ps), "mean_logprob": mean(x["lp"] for x in targets),
             "mean_p_by_example": mean(e["mean_p"] for e in with_targets),
             "reference_points": [dict(r) for r in REFERENCE_POINTS],
+            "project_points": [dict(r) for r in PROJECT_POINTS],
             "thresholds": {"model_strong_min": 0.65, "model_weak_max": 0.25}}
+    cont["nearest_project_point"] = (dict(sorted(PROJECT_POINTS, key=lambda r: abs(r["mean_p"] - cont["mean_p"]))[0])
+                                     if targets else None)
     histogram = {}
     for scale, values, lo, hi, bins in (("linear", ps, 0.0, 1.0, 20), ("log10", [math.log10(p) for p in ps], -8.0, 0.0, 16)):
         counts = [0] * bins

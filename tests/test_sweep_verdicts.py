@@ -100,4 +100,8 @@ def test_a_sweep_over_two_held_out_sets_with_three_seeds(tmp_path, tiny_dirs, ca
     assert main(["report", str(data), "-o", str(tmp_path / "report"), "--sweep", str(out), "-q", "-n", "0"]) == 0
     page = (tmp_path / "report" / "index.html").read_text()
     assert "Every held-out set" in page and "right→wrong" in page and "its 95% interval" in page
+    # the advice: one sweep command, our own evidence beside the papers', and the measurement before the heuristic
+    assert f"tokensft sweep {data} --objectives nll" in page and "--baseline nll --eval HELDOUT.jsonl" in page
+    assert "What our own miniature measured nearest to this data" in page and "reproduced" in page
+    assert page.index("Measured: which objective wins") < page.index("its measured verdict")
     assert "Every held-out set" in (out / "index.html").read_text()

@@ -11,8 +11,8 @@ Drawing lives in tokensft.reports; nothing here plots.
 """
 
 from tokensft.analysis.compare import align, compare
-from tokensft.analysis.continuum import (REFERENCE_POINTS, STRONG_MIN, WEAK_MAX, agreement, continuum, recommend,
-                                        regime)
+from tokensft.analysis.continuum import (PROJECT_POINTS, REFERENCE_POINTS, STRONG_MIN, WEAK_MAX, agreement, continuum,
+                                        nearest_project_point, recommend, regime, sweep_command)
 from tokensft.analysis.drift import mask_drift
 from tokensft.analysis.enrichment import mask_stats, reference_stats, teacher_kl, teacher_stats
 from tokensft.analysis.stats import (by_class, by_position, cdf, entropy_vs_probability, extreme_examples, overview,
@@ -25,9 +25,9 @@ from tokensft.analysis.weights import (extreme_tokens, prompt_split, summarize, 
                                        weight_distribution, weight_histogram, weight_provenance, weight_stats)
 
 __all__ = [
-    "CLASSES", "REFERENCE_POINTS", "STRONG_MIN", "WEAK_MAX", "Targets", "agreement", "align", "by_class", "by_position", "cdf",
+    "CLASSES", "PROJECT_POINTS", "REFERENCE_POINTS", "STRONG_MIN", "WEAK_MAX", "Targets", "agreement", "align", "by_class", "by_position", "cdf",
     "classify_text", "classify_vocab", "compare", "continuum", "enrichment_parts", "entropy_vs_probability", "extreme_examples", "jsonable",
-    "load_targets", "mask_drift", "mask_stats", "overview", "probability_histogram", "quantiles", "recommend", "reference_stats",
-    "regime", "summarize", "summary", "target_classes", "teacher_kl", "teacher_stats", "token_strings", "extreme_tokens", "prompt_split",
+    "load_targets", "mask_drift", "nearest_project_point", "mask_stats", "overview", "probability_histogram", "quantiles", "recommend", "reference_stats",
+    "regime", "summarize", "summary", "sweep_command", "target_classes", "teacher_kl", "teacher_stats", "token_strings", "extreme_tokens", "prompt_split",
     "weight_by_class", "weight_by_position", "weight_distribution", "weight_histogram", "weight_provenance", "weight_stats",
 ]

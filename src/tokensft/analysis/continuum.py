@@ -12,7 +12,10 @@ The paper publishes no cut-offs. The regimes here split at the midpoints between
 reference points, rounded: model-strong when mean p >= 0.65 (between 0.5 and 0.8), model-weak
 when mean p < 0.25 (between 0.01 and 0.5), intermediate between. Within 0.05 of a cut-off the
 guidance says the data lies between two regimes. All of it is guidance, never a verdict: the
-objectives named are `tokensft train --objective` specs to try against an NLL baseline.
+objectives named are arms of the one `tokensft sweep` (`sweep_command`) that measures them against
+an NLL baseline on the user's own held-out data. Beside the papers' points stand this project's own
+measurements (`PROJECT_POINTS`, the miniature of benchmarks/continuum.py), which contradict the
+papers at the strong end.
 """
 
 from __future__ import annotations
@@ -36,6 +39,33 @@ REFERENCE_POINTS = (
      "finding": "NLL wins; -p collapses (Qwen2.5-7B exact match 35.2 with NLL, 0.0 with -p)"},
 )
 
+MINIATURE = "tokensft benchmarks/continuum.py: SmolLM2-135M-Instruct, 3 seeds, greedy (README, Evidence)"
+# What this project's own miniature of the continuum measured (the README's Evidence table): the
+# evidence the report puts beside the papers'. Accuracies are held-out means over 3 seeds +- sd.
+PROJECT_POINTS = (
+    {"label": "miniature model-strong (additions, 27% wrong answers)", "mean_p": 0.661, "regime": "model-strong",
+     "source": MINIATURE, "claim": "contradicted",
+     "finding": "NLL best: 0.677 +- 0.100 vs profit:0.1 0.594 +- 0.062, threshold-nll:0.2 0.510 +- 0.280, "
+                "p 0.490 +- 0.018 (1 epoch; with 3 epochs NLL 0.865 +- 0.036 vs p 0.448 +- 0.222)"},
+    {"label": "miniature model-weak (code words)", "mean_p": 0.007, "regime": "model-weak", "source": MINIATURE,
+     "claim": "reproduced", "finding": "NLL 0.104 +- 0.036; p, threshold-nll:0.2 and profit:0.1 0.000"},
+)
+
+
+def nearest_project_point(mean_p: float | None) -> dict | None:
+    """The project's own measurement closest to `mean_p` on the continuum."""
+    if mean_p is None:
+        return None
+    return dict(min(PROJECT_POINTS, key=lambda point: abs(point["mean_p"] - mean_p)))
+
+
+def sweep_command(directory: str, recommendation: dict) -> str:
+    """The one `tokensft sweep` that measures the guidance on this data: nll as baseline and every
+    objective the guidance names, 3 seeds, a held-out placeholder to fill in."""
+    arms = list(dict.fromkeys(["nll", *recommendation.get("objectives", []), *recommendation.get("also", [])]))
+    return (f"tokensft sweep {directory} --objectives {','.join(arms)} --baseline nll --eval HELDOUT.jsonl "
+            "--seeds 0,1,2 -o sweep/")
+
 
 def continuum(t: Targets) -> dict:
     """Token-level mean_p (the BLL metric), median_p, frac_below_0_1 (p < 0.1), mean_logprob, the per-example
@@ -51,11 +81,13 @@ def continuum(t: Targets) -> dict:
         "mean_logprob": float(t.logprob.mean()) if n else None,
         "mean_p_by_example": nan_to_none(per_example[~np.isnan(per_example)].mean()) if (~np.isnan(per_example)).any() else None,
         "reference_points": [dict(r) for r in REFERENCE_POINTS],
+        "project_points": [dict(r) for r in PROJECT_POINTS],
         "thresholds": {"model_strong_min": STRONG_MIN, "model_weak_max": WEAK_MAX},
     }
     stats["recommendation"] = recommend(stats["mean_p"], stats["median_p"], stats["frac_below_0_1"], n,
                                         model=t.meta.get("model", {}).get("name"), has_refs=bool(t.ref_columns),
                                         has_teacher=t.teacher_topk_ids is not None or t.teacher_logprob is not None)
+    stats["nearest_project_point"] = nearest_project_point(stats["mean_p"])
     return stats
 
 

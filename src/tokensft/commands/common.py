@@ -49,13 +49,13 @@ def given(args, config_class, exclude: tuple[str, ...] = ()) -> dict:
     return {name: getattr(args, name) for name in sorted(names) if getattr(args, name, None) is not None}
 
 
-def add_run_flags(parser, ranks: str) -> None:
+def add_run_flags(parser, ranks: str, batch: str = "padded tokens per forward batch (default: 8192 on CUDA, 1024 on CPU)") -> None:
     """The flags every model pass shares (score; enrich's references and teacher), defined once:
     fields of core.identity.RunConfig, whose defaults the help shows."""
     from tokensft.core.identity import RunConfig as D
 
     r = parser.add_argument_group("model passes")
-    r.add_argument("--batch-tokens", type=int, help="padded tokens per forward batch (default: 8192 on CUDA, 1024 on CPU)")
+    r.add_argument("--batch-tokens", type=int, help=batch)
     r.add_argument("--chunk-size", type=int, help=f"target rows per lm_head/log-softmax chunk (memory; default {D.chunk_size})")
     r.add_argument("--dtype", help=f"auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16 (default {D.dtype})")
     r.add_argument("--device", help=f"auto, cpu, cuda, cuda:N (default {D.device})")

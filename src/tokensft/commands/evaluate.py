@@ -57,7 +57,9 @@ def add(sub) -> None:
     r.add_argument("--teacher-forced", action=argparse.BooleanOptionalAction, default=None,
                    help="also score the records teacher-forced, as `tokensft score` would: held-out mean target p "
                         "and NLL per token (default)")
-    add_run_flags(p, ranks="input chunk k is evaluated by rank k mod world size")
+    add_run_flags(p, ranks="input chunk k is evaluated by rank k mod world size",
+                  batch="padded tokens per batch: prompt + completion when decoding (default: 8192 on CUDA, 4096 on "
+                        "CPU), and in the teacher-forced pass (default there: 8192 on CUDA, 1024 on CPU)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
                    help="continue an interrupted run with the same settings (default); --no-resume starts it over")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an eval with other settings")

@@ -215,8 +215,7 @@ def _generate_chunks(config, kind, fmt, renderer, limit, loaded, metric, teacher
 
 def _generate_chunk(config, fmt, renderer, limit, loaded, metric, teacher, stops, directory, chunk, rows,
                     progress) -> Counts:
-    from tokensft.core.scorer import default_batch_tokens
-    from tokensft.evaluate.generate import generate
+    from tokensft.evaluate.generate import default_batch_tokens, generate
 
     counts = Counts(read=len(rows), evaluated=0, skipped={})
     todo = []  # (example id, sample, prompt ids, reference)

@@ -91,12 +91,12 @@ def _build(directory: str, output: Path, compare_with: str | None, model: str | 
 
     hist = probability_histogram(t)
     binned, sample = entropy_vs_probability(t)
-    sections = [overview_section(data, tokenizer is not None),
-                continuum_section(data, directory, moved)]
-    if measured is not None:  # beside the guidance it tests
+    sections = [overview_section(data, tokenizer is not None)]
+    if measured is not None:  # the measurement leads; the guidance it tests follows
         sections.append(sweep_section(measured, data["recommendation"]))
         data["sweep"] = {"ranking": measured.get("ranking"), "arms": measured["arms"],
-                         "agreement": agreement(measured["arms"], data["recommendation"])}
+                         "agreement": agreement(measured["arms"], data["recommendation"], measured.get("lead"))}
+    sections.append(continuum_section(data, directory, moved, measured=measured is not None))
     probs = (img(plots.histogram(hist), "histogram of target probabilities") +
              img(plots.cdf(cdf(t)), "cumulative distribution of target probabilities") +
              "<h3>Quantiles of target p</h3>" + table(pd.DataFrame(data["quantiles"])) +

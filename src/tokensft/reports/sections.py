@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tokensft.analysis import Targets
+from tokensft.analysis import Targets, sweep_command
 from tokensft.reports import plots
 from tokensft.reports.html import esc, fmt, img, key_values, table
 from tokensft.reports.tokens import legend, pick_examples, render_example
@@ -34,7 +34,7 @@ def overview_section(data: dict, has_tokenizer: bool) -> Section:
     return "overview", "Overview", key_values(pairs) + note
 
 
-def continuum_section(data: dict, directory: str, moved: dict | None) -> Section:
+def continuum_section(data: dict, directory: str, moved: dict | None, measured: bool = False) -> Section:
     c, r = data["continuum"], data["recommendation"]
     if c["mean_p"] is None:
         return "continuum", "Capability continuum", f"<p>{esc(r['text'])}</p>"
@@ -47,18 +47,28 @@ def continuum_section(data: dict, directory: str, moved: dict | None) -> Section
     if m and (m["only_in_a"] or m["only_in_b"]):  # B's mean covers the shared examples only: say so, with A's there
         label = f"compared, on the {m['examples']:,} shared examples (this data there: {m['mean_p_a']:.3f})"
     figure = img(plots.continuum(c, m["mean_p_b"] if m else None, label), "capability continuum")
-    commands = "".join(f"<li><code>tokensft train {esc(directory)} --objective {esc(o)} --output ckpt/</code></li>"
-                       for o in [*r["objectives"], *r["also"]])
     reasoning = "".join(f"<li>{esc(line)}</li>" for line in r["reasoning"])
     avoid = (f'<p class="muted">Less suited here: {", ".join(f"<code>{esc(a)}</code>" for a in r["avoid"])}.</p>'
              if r["avoid"] else "")
-    guidance = (f'<div class="guidance"><p><b>Guidance ({esc(r["regime"])})</b>: {esc(r["text"])}</p>'
-                f"<p>Commands to try, each against the <code>nll</code> baseline on held-out data:</p><ul>{commands}</ul>"
+    near = c.get("nearest_project_point")
+    evidence = (f'<p><b>What our own miniature measured nearest to this data</b> ({esc(near["label"])}, mean p '
+                f'{near["mean_p"]:.3f}): the papers\' claim is <b>{esc(near["claim"])}</b> there: {esc(near["finding"])}.'
+                "</p>") if near else ""
+    lead = ('<p><b>This report has a sweep of this data: its measured verdict (the section <a href="#sweep">Measured'
+            "</a>) comes before the heuristic below.</b></p>") if measured else ""
+    guidance = (f'<div class="guidance">{lead}<p><b>Guidance ({esc(r["regime"])})</b>: {esc(r["text"])}</p>'
+                "<p>Measure it on your own held-out data with one sweep (every arm against the <code>nll</code> "
+                "baseline, paired on the same examples, 3 seeds):</p>"
+                f"<p><code>{esc(sweep_command(directory, r))}</code></p>{evidence}"
                 f"{avoid}<p>Why:</p><ul>{reasoning}</ul></div>")
     points = pd.DataFrame(c["reference_points"])[["label", "mean_p", "regime", "finding"]]
+    ours = pd.DataFrame(c.get("project_points", []))
+    ours_table = ("<h3>What tokensft's own miniature measured</h3>"
+                  + table(ours[["label", "mean_p", "regime", "claim", "finding"]], text=("label", "regime", "claim", "finding"))
+                  + f'<p class="muted">Source: {esc(ours["source"].iloc[0])}.</p>') if len(ours) else ""
     return ("continuum", "Capability continuum", numbers + figure + guidance +
             "<h3>Reference points</h3>" + table(points, text=("label", "regime", "finding")) +
-            f'<p class="muted">Source: {esc(points.shape[0] and c["reference_points"][0]["source"])}.</p>')
+            f'<p class="muted">Source: {esc(points.shape[0] and c["reference_points"][0]["source"])}.</p>' + ours_table)
 
 
 def enrichment_sections(directory: str, masks: dict, refs: dict | None, teacher: dict | None) -> list[Section]:
