@@ -127,7 +127,7 @@ def tokensft(*args: str) -> None:
 
 def regime(name: str, train: Path, sets: list[str], out: Path, args, train_flags: list[str]) -> dict:
     from tokensft.analysis import load_targets, mask_drift, summary
-    from tokensft.evaluate.sweep import job_dir, parse_arms
+    from tokensft.evaluate.sweep_config import job_dir, parse_arms
 
     began = time.perf_counter()
     scored = out / name / "scored"
