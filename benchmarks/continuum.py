@@ -150,23 +150,23 @@ def regime(name: str, train: Path, sets: list[str], out: Path, args, train_flags
 
 
 def claims(strong: dict | None, weak: dict | None) -> dict:
-    """Per regime and set, the papers' claim judged by the paired verdicts against nll:
-    strong end "a prior-leaning arm beats nll" (reproduced if one is better, contradicted if every one
-    is worse); weak end "nll beats p" (reproduced if p is worse, contradicted if p is better)."""
+    """Per regime and set, the papers' claim judged by the paired verdicts against nll. Strong end,
+    "the prior-leaning objectives beat nll": reproduced if one of them is better, contradicted if one
+    is worse and none better, else not distinguishable. Weak end, "nll beats p": reproduced if p is
+    worse, contradicted if p is better. Each with the verdicts it rests on."""
     out = {}
     for name, r in (("strong", strong), ("weak", weak)):
         if r is None:
             continue
         for set_name, judged in r["sweep"]["sets"].items():
-            verdicts = {a["arm"]: a["vs_baseline"]["verdict"] for a in judged["arms"]}
+            verdicts = {a["arm"]: a["vs_baseline"]["verdict"] for a in judged["arms"] if a["arm"] != "nll"}
             if name == "strong":
-                others = [v for arm, v in verdicts.items() if arm != "nll"]
-                claim = ("reproduced" if "better" in others else "contradicted" if others and all(v == "worse" for v in others)
-                         else "not distinguishable")
+                seen = set(verdicts.values())
+                claim = "reproduced" if "better" in seen else "contradicted" if "worse" in seen else "not distinguishable"
             else:
-                v = verdicts.get("p")
-                claim = {"worse": "reproduced", "better": "contradicted"}.get(v, "not distinguishable")
-            out[f"{name}/{set_name}"] = claim
+                verdicts = {"p": verdicts.get("p")}
+                claim = {"worse": "reproduced", "better": "contradicted"}.get(verdicts["p"], "not distinguishable")
+            out[f"{name}/{set_name}"] = {"claim": claim, "verdicts": verdicts}
     return out
 
 
@@ -231,7 +231,9 @@ def main() -> None:
         for arm in r["sweep"]["arms"]:
             drift = ", ".join(f"{k} {v:.3f}" for k, v in arm.get("drift", {}).items())
             print(f"  drift (flipped, seed 0) {arm['arm']}: {drift}")
-    print("\nthe papers' claims, per regime and set: " + ", ".join(f"{k} {v}" for k, v in report["claims"].items()))
+    print("\nthe papers' claims, per regime and set (verdicts against nll):")
+    for key, c in report["claims"].items():
+        print(f"  {key:<20} {c['claim']:<20} " + ", ".join(f"{arm} {v}" for arm, v in c["verdicts"].items()))
     print(f"({report['seconds']:.0f} s in all; corrupted {corrupted} of {len(s_train)} strong training responses; "
           f"retention: {report['retention_kept'][0]} of {report['retention_kept'][1]} candidates kept)")
 

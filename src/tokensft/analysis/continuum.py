@@ -39,16 +39,20 @@ REFERENCE_POINTS = (
      "finding": "NLL wins; -p collapses (Qwen2.5-7B exact match 35.2 with NLL, 0.0 with -p)"},
 )
 
-MINIATURE = "tokensft benchmarks/continuum.py: SmolLM2-135M-Instruct, 3 seeds, greedy (README, Evidence)"
+MINIATURE = ("tokensft benchmarks/continuum.py: SmolLM2-135M-Instruct, 5 arms x 3 seeds, greedy, every arm paired "
+             "against nll (95% paired bootstrap over examples; README, Evidence)")
 # What this project's own miniature of the continuum measured (the README's Evidence table): the
-# evidence the report puts beside the papers'. Accuracies are held-out means over 3 seeds +- sd.
+# evidence the report puts beside the papers'. Accuracies over every draw of 3 seeds; verdicts vs nll.
 PROJECT_POINTS = (
     {"label": "miniature model-strong (additions, 27% wrong answers)", "mean_p": 0.661, "regime": "model-strong",
      "source": MINIATURE, "claim": "contradicted",
-     "finding": "NLL best: 0.677 +- 0.100 vs profit:0.1 0.594 +- 0.062, threshold-nll:0.2 0.510 +- 0.280, "
-                "p 0.490 +- 0.018 (1 epoch; with 3 epochs NLL 0.865 +- 0.036 vs p 0.448 +- 0.222)"},
+     "finding": "in-domain nll 0.677; p and dft 0.490, threshold-nll:0.2 0.510 worse at 95%, profit:0.1 0.594 not "
+                "distinguishable; two-digit additions: nll 0.354, p and dft 0.146 worse; retention: prior-leaning arms "
+                "0.92-0.94 vs nll 0.86, not distinguishable"},
     {"label": "miniature model-weak (code words)", "mean_p": 0.007, "regime": "model-weak", "source": MINIATURE,
-     "claim": "reproduced", "finding": "NLL 0.104 +- 0.036; p, threshold-nll:0.2 and profit:0.1 0.000"},
+     "claim": "reproduced",
+     "finding": "unseen phrasings: nll 0.104, every other arm 0.000, worse at 95% (in-domain: not distinguishable); "
+                "but on retention every arm forgot, and p and dft kept more than nll (0.167 vs 0.000)"},
 )
 
 
