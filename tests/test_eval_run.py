@@ -197,3 +197,21 @@ def test_sampled_eval_reports_avg_pass_and_majority_with_intervals(tmp_path, tin
         _config(tmp_path, tiny_dirs["bpe"], temperature=1.0, samples=2, pass_k=[3]).validate()
     with pytest.raises(ConfigError, match="--top-p"):
         _config(tmp_path, tiny_dirs["bpe"], top_p=0.5).validate()
+
+
+def test_a_record_whose_render_fails_is_skipped_by_the_teacher_forced_pass_too(tmp_path, tiny_dirs, monkeypatch):
+    """--skip-invalid: a record the renderer refuses is skipped by generation and by the teacher-forced pass alike."""
+    from tokensft.records import render
+
+    original = render.Renderer.__call__
+
+    def refuses_q2(self, example, where):
+        if example.id == "q2":
+            raise InputError(where, "messages", "the template refuses it", fix="-", reason="template_error")
+        return original(self, example, where)
+
+    monkeypatch.setattr(render.Renderer, "__call__", refuses_q2)
+    evaluate(_config(tmp_path, tiny_dirs["bpe"], skip_invalid=True))
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["counts"] == {"read": 5, "evaluated": 4, "skipped": {"template_error": 1}}
+    assert results["teacher_forced"]["examples"] == 4

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from tokensft.core.errors import InputError
 from tokensft.core.schema import IGNORE_INDEX
 from tokensft.records.formats import Example
 from tokensft.records.render import Renderer
@@ -38,7 +39,12 @@ class TeacherForced:
     def score(self, examples: Sequence[tuple[Example, str]]) -> dict:
         """The sums over (example, where) pairs: examples with a target left after the cut, their
         targets, and the float64 sums of log p and p over those targets."""
-        rendered = [self.renderer(example, where) for example, where in examples]
+        rendered = []
+        for example, where in examples:
+            try:
+                rendered.append(self.renderer(example, where))
+            except InputError:  # eval met it too: refused the run, or skipped it with --skip-invalid (as score does)
+                continue
         rendered = [r for r in rendered if any(y != IGNORE_INDEX for y in r.labels)]  # as score skips them
         sums = dict(ZERO)
         for scored in self.scorer.score(rendered) if rendered else []:
