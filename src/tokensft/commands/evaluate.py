@@ -47,7 +47,8 @@ def add(sub) -> None:
         "check it against the record's answer, and score the records teacher-forced. Writes examples.parquet and "
         "results.json; a killed run resumes.")
     p.add_argument("model", help="a local HF directory, a `tokensft train` output, a .gguf file, or smollm2-135m-instruct")
-    p.add_argument("input", help="held-out records, in any format `tokensft score` reads")
+    p.add_argument("input", nargs="?", help="held-out records, in any format `tokensft score` reads (optional with "
+                                            "--lm-eval)")
     p.add_argument("--output", "-o", required=True, help="eval directory (results.json, examples.parquet)")
     d = _add_decoding(p)
     d.add_argument("--seed", type=nonnegative_int, help=f"sampling seed (default {D.seed})")
@@ -63,6 +64,11 @@ def add(sub) -> None:
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
                    help="continue an interrupted run with the same settings (default); --no-resume starts it over")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an eval with other settings")
+    h = p.add_argument_group("benchmark suites (lm-evaluation-harness, pip install 'tokensft[lm-eval]')")
+    h.add_argument("--lm-eval", metavar="TASKS", help="comma-separated harness tasks, run on the same loaded model; "
+                                                      "results in DIR/lm_eval.json")
+    h.add_argument("--lm-eval-include", metavar="DIR", help="a directory of local task YAMLs (dataset_path: json)")
+    h.add_argument("--lm-eval-limit", type=int, metavar="N", help="at most N documents per task")
     p.set_defaults(func=run_eval)
     _add_sweep(sub)
 

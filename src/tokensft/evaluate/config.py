@@ -20,7 +20,7 @@ class EvalConfig(RunConfig):
     """Everything `tokensft eval` takes (help text lives in cli.py)."""
 
     model: str
-    input: str
+    input: str | None  # held-out records; None: only the --lm-eval suites
     output: str
     metric: str = "exact"  # exact | numeric | contains | regex:PATTERN | choice | math (see evaluate.answers)
     max_new_tokens: int = 256
@@ -36,6 +36,9 @@ class EvalConfig(RunConfig):
     shard_size: int = 1000  # input rows per part (the unit of resume)
     teacher_forced: bool = True  # also score the records: held-out mean target p and NLL per token
     resume: bool = True
+    lm_eval: str | None = None  # lm-evaluation-harness tasks, comma-separated (DIR/lm_eval.json)
+    lm_eval_include: str | None = None  # a directory of local task YAMLs
+    lm_eval_limit: int | None = None  # at most this many documents per task (a quick look)
 
     @property
     def ks(self) -> list[int]:
@@ -46,6 +49,10 @@ class EvalConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.input is None and self.lm_eval is None:
+            raise ConfigError("give held-out records to evaluate (DATA), or benchmark suites with --lm-eval TASKS")
+        if self.lm_eval_limit is not None and self.lm_eval_limit < 1:
+            raise ConfigError(f"--lm-eval-limit {self.lm_eval_limit}: must be at least 1")
         parse_metric(self.metric)
         if self.max_new_tokens < 1:
             raise ConfigError(f"--max-new-tokens {self.max_new_tokens}: must be at least 1")

@@ -47,7 +47,7 @@ from tokensft.records.render import Renderer
 from tokensft.records.validate import detect_record_format, validate_rows
 
 RESULTS, EXAMPLES = "results.json", "examples.parquet"
-OUR_FILES = {RESULTS, EXAMPLES, STATE_DIR, ".tokensft.lock", "scored"}  # scored/: what versions <= 0.1 wrote
+OUR_FILES = {RESULTS, EXAMPLES, STATE_DIR, ".tokensft.lock", "lm_eval.json", "scored"}  # scored/: what 0.1 wrote
 PART_COLUMNS = pa.schema([
     ("id", pa.string()), ("sample", pa.int32()), ("prompt", pa.string()), ("completion", pa.string()),
     ("answer", pa.string()), ("reference", pa.string()), ("correct", pa.bool_()),
@@ -64,6 +64,8 @@ def evaluate(config: EvalConfig) -> dict:
     from tokensft.core.models import load_model, tokenizer_fingerprint  # deferred: torch
 
     config.validate()
+    if config.input is None:  # the suites alone
+        return _harness_only(config)
     metric = parse_metric(config.metric)
     kind = config.input_format or detect_kind(config.input)
     fmt = detect_record_format(config, kind)
@@ -96,11 +98,33 @@ def evaluate(config: EvalConfig) -> dict:
                                                config.chunk_size) if config.teacher_forced else None
         counts = _generate_chunks(config, kind, fmt, renderer, limit, loaded, metric, teacher, directory, set(pending),
                                   num_rows)
+        if config.lm_eval and config.rank == 0:  # beside ours, on the model already loaded
+            _harness(config, loaded, directory)
     with OutputLock(directory):
         if all(_part(directory, k).is_file() for k in range(num_chunks)):
             results = _finish(config, directory, identity, num_chunks)
             return {"status": "finished", "output": str(directory), "results": results}
     return {"status": "rank-done", "output": str(directory), "rank": config.rank, "counts": counts}
+
+
+def _harness(config: EvalConfig, loaded, directory: Path) -> dict:
+    from tokensft.evaluate.harness import run_harness
+
+    settings = {"model_hash": loaded.content_hash, "dtype": str(loaded.dtype).removeprefix("torch.")}
+    return run_harness(loaded, directory, config.lm_eval, config.lm_eval_include, batch_size=8,
+                       limit=config.lm_eval_limit, settings=settings)
+
+
+def _harness_only(config: EvalConfig) -> dict:
+    """`tokensft eval MODEL --lm-eval TASKS -o DIR`: the harness's suites, no held-out records of ours."""
+    from tokensft.core.models import load_model
+
+    directory = Path(config.output)
+    directory.mkdir(parents=True, exist_ok=True)
+    with OutputLock(directory, wait=config.wait):
+        loaded = load_model(config.model, dtype=config.dtype, device=config.device)
+        harness = _harness(config, loaded, directory)
+    return {"status": "finished", "output": str(directory), "results": {"lm_eval": harness}}
 
 
 def _prepare(directory: Path, identity: dict, overwrite: bool, resume: bool) -> str:
@@ -288,11 +312,19 @@ def _finish(config: EvalConfig, directory: Path, identity: dict, num_chunks: int
         "render": {"format": identity["format"], "template": identity["template"], "max_length": identity["max_length"]},
         "input": {"path": str(config.input), "fingerprint": identity["input_fingerprint"]},
         "teacher_forced": teacher_forced.numbers(teacher_sums) if config.teacher_forced else None,
+        "lm_eval": _read_json(directory / "lm_eval.json"),
         "command": config.command, "tokensft_version": __version__, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     with atomic_write(directory / RESULTS, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2, sort_keys=True)
     return results
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _read_results(directory: Path) -> dict:

@@ -98,6 +98,11 @@ def eval_lines(summary: dict) -> list[str]:
     r = summary["results"]
     done = " (already complete with these settings)" if summary["status"] == "already-finished" else ""
     lines = [f"eval: {summary['output']}{done}"]
+    for task, metrics in ((r.get("lm_eval") or {}).get("results") or {}).items():
+        shown = [f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float) and "stderr" not in k]
+        lines.append(f"  lm-eval {task}: {', '.join(shown)}")
+    if "accuracy" not in r:  # the suites alone
+        return lines
     if r["accuracy"] is not None:
         samples = r["decoding"]["samples"]
         name = f"avg@{samples}" if samples > 1 else "accuracy"
