@@ -77,3 +77,18 @@ def test_harness_errors_are_one_line(tmp_path, tiny_dirs, capsys, monkeypatch):
     monkeypatch.setattr(harness, "available", lambda: False)
     assert main(["eval", str(tiny_dirs["bpe"]), "--lm-eval", "x", "-o", str(tmp_path / "o"), "-q"]) == 2
     assert "pip install 'tokensft[lm-eval]'" in capsys.readouterr().err
+
+
+def test_suites_asked_for_after_an_eval_finished_land_beside_it(tmp_path, tiny_dirs):
+    data = write_jsonl(tmp_path / "tiny.jsonl", DOCS)
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "tiny_choice.yaml").write_text(TASK.format(data=data))
+    heldout = write_jsonl(tmp_path / "heldout.jsonl", [{"question": "What is 2 + 2?", "answer": "#### 4"}])
+    command = ["eval", str(tiny_dirs["bpe"]), str(heldout), "-o", str(tmp_path / "out"), "--max-new-tokens", "2", "-q"]
+    assert main(command) == 0
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["lm_eval"] is None
+    assert main([*command, "--lm-eval", "tiny_choice", "--lm-eval-include", str(tasks)]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["lm_eval"]["results"]["tiny_choice"]["acc,none"] == pytest.approx(_naive_accuracy(tiny_dirs["bpe"]))
+    assert results["accuracy"] is not None  # our own numbers kept beside

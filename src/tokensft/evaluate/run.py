@@ -91,7 +91,12 @@ def evaluate(config: EvalConfig) -> dict:
     with ExitStack() as held:
         with OutputLock(directory, wait=config.wait):  # --no-wait: refused here, before any work
             if _prepare(directory, identity, config.overwrite, config.resume) == "finished":
-                return {"status": "already-finished", "output": str(directory), "results": _read_results(directory)}
+                results = _read_results(directory)
+                if config.lm_eval and config.rank == 0:  # suites asked for now: run (or read) them beside it
+                    results["lm_eval"] = _harness(config, loaded, directory)
+                    with atomic_write(directory / RESULTS, "w", encoding="utf-8") as f:
+                        json.dump(results, f, indent=2, sort_keys=True)
+                return {"status": "already-finished", "output": str(directory), "results": results}
             held.enter_context(RankLock(directory, config.rank))
         pending = [k for k in range(num_chunks) if k % config.world_size == config.rank and not _part_ok(directory, k)]
         teacher = teacher_forced.TeacherForced(loaded, renderer.template, limit, config.batch_tokens,
