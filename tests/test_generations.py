@@ -221,3 +221,39 @@ def test_stress_a_reader_loads_whole_generations_while_a_writer_replaces_the_dat
     assert result["failures"] == [], result["failures"][:3]
     assert set(result["seen"]) <= versions, "a load saw something no writer wrote"
     assert len(versions) == 26 and result["loads"] >= 100, (len(versions), result["loads"])
+
+
+def test_no_resume_never_replaces_a_dataset_of_other_settings_without_overwrite(tmp_path, tiny_dirs, capsys):
+    data = scored(tmp_path, tiny_dirs["bpe"])
+    before = digest(tokensft.load(data))
+    other = ["score", str(tmp_path / "data.jsonl"), "--model", str(tiny_dirs["bpe"]), "-o", str(data), "-q",
+             "--shard-size", "3", "--max-length", "24", "--no-resume"]
+    assert main(other) == 2
+    assert "holds a different scoring run (differs in: max_length)" in capsys.readouterr().err
+    assert digest(tokensft.load(data)) == before and not (tmp_path / ".scored.score").exists()
+    same = ["score", str(tmp_path / "data.jsonl"), "--model", str(tiny_dirs["bpe"]), "-o", str(data), "-q",
+            "--shard-size", "3", "--no-resume"]
+    assert main(same) == 0 and digest(tokensft.load(data)) == before  # the same settings: scored again, alike
+
+
+def test_an_old_generation_left_in_staging_by_a_kill_is_never_swapped_back(tmp_path, tiny_dirs):
+    data = scored(tmp_path, tiny_dirs["bpe"])
+    assert enrich_cli(data, "--mask=prob>=0.1") == 0
+    command = ["score", str(tmp_path / "data.jsonl"), "--model", str(tiny_dirs["bpe"]), "-o", str(data), "-q",
+               "--shard-size", "3", "--overwrite"]
+    clean = tmp_path / "clean"
+    assert main([*command[:5], str(clean), *command[6:-1]]) == 0
+    original = run_module.output.swap_in
+
+    def killed_after_the_exchange(stage, directory):
+        exchange_dirs(stage, directory)  # the new dataset is in place; the old one waits in staging...
+        raise KeyboardInterrupt  # ...and the clean-up never runs
+
+    run_module.output.swap_in = killed_after_the_exchange
+    try:
+        assert main(command) == 130
+    finally:
+        run_module.output.swap_in = original
+    assert (tmp_path / ".scored.score").is_dir()  # the old, enriched generation, finished, same identity
+    assert main([*command[:-1]]) == 0  # a rerun (no --overwrite: the dataset there is this run's)
+    assert digest(tokensft.load(data)) == digest(tokensft.load(clean))  # not the old masks swapped back

@@ -101,3 +101,31 @@ def test_unknown_metrics_and_a_missing_math_verify_are_one_line(monkeypatch):
     monkeypatch.setattr(mathgrade, "available", lambda: False)
     with pytest.raises(ConfigError, match=r"pip install 'tokensft\[math\]'"):
         parse_metric("math")
+
+
+def test_a_worker_that_dies_mid_check_is_one_wrong_answer_not_a_crash():
+    worker = mathgrade._Worker()
+    worker._start()
+    real = worker.conn
+
+    class DiesOnPoll:  # the worker got the check, then died before answering
+        def send(self, item):
+            real.send(item)
+
+        def poll(self, timeout):
+            worker.process.kill()
+            worker.process.join()
+            return real.poll(timeout)  # True: the pipe is at its end
+
+        def recv(self):
+            return real.recv()  # EOFError
+
+        def close(self):
+            real.close()
+
+    worker.conn = DiesOnPoll()
+    try:
+        assert worker("$1$", "1") == (False, None, "error: the checking process died")
+        assert worker("$1$", "1")[0] is True  # a new worker
+    finally:
+        worker.stop()

@@ -105,3 +105,9 @@ def test_a_sweep_over_two_held_out_sets_with_three_seeds(tmp_path, tiny_dirs, ca
     assert "What our own miniature measured nearest to this data" in page and "reproduced" in page
     assert page.index("Measured: which objective wins") < page.index("its measured verdict")
     assert "Every held-out set" in (out / "index.html").read_text()
+
+
+def test_a_set_without_shared_examples_is_judged_on_none():
+    judged = judge_set({"nll": [{"a": [True]}], "p": [{"b": [False]}]}, None, "nll")
+    assert judged["examples"] == 0 and [a["accuracy"] for a in judged["arms"]] == [None, None]
+    assert judged["arms"][1]["vs_baseline"]["verdict"] == "not distinguishable"

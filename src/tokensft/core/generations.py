@@ -48,7 +48,8 @@ def generation(directory: str | Path) -> tuple:
     itself (an exchange puts another one there; a file renamed into it moves its mtime) and the
     files a reader starts from, tokensft.json and state.json (a new file each time they are written)."""
     directory = Path(directory)
-    return _stamp(directory), _stamp(directory / METADATA_FILE), _stamp(directory / STATE_FILE)
+    return (_stamp(directory), _stamp(directory / METADATA_FILE), _stamp(directory / STATE_FILE),
+            _stamp(directory / "dataset_info.json"))
 
 
 def read_whole(directory: str | Path, read: Callable[[], T]) -> T:

@@ -63,6 +63,8 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, seed: int = 0, resamples: int
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"paired scores need the same questions: {a.shape[0]} against {b.shape[0]}")
+    if a.shape[0] == 0:
+        return {"difference": None, "interval": None, "n": 0}
     diff = (a.mean(axis=1) if a.ndim == 2 else a) - (b.mean(axis=1) if b.ndim == 2 else b)  # (E,)
     if len(diff) == 0:
         return {"difference": None, "interval": None, "n": 0}

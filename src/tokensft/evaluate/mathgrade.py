@@ -107,9 +107,13 @@ class _Worker:
     def __call__(self, completion: str, reference: str) -> tuple[bool | None, str | None, str | None]:
         if self.process is None or not self.process.is_alive():
             self._start()
-        self.conn.send((completion, reference))
-        if self.conn.poll(HARD_TIMEOUT_S):
-            return self.conn.recv()
+        try:
+            self.conn.send((completion, reference))
+            if self.conn.poll(HARD_TIMEOUT_S):
+                return self.conn.recv()
+        except (EOFError, OSError):  # the worker died mid-check (a crash in sympy, killed for memory)
+            self.stop()
+            return False, None, "error: the checking process died"
         self.stop()  # stuck where no alarm reaches: killed, and the next check starts a new worker
         return False, None, "timeout"
 

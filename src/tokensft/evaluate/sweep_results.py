@@ -33,11 +33,12 @@ logger = logging.getLogger(__name__)
 
 
 def prompt_key(messages) -> str | None:
-    """What two records share when they ask the same thing: the messages before the last target one."""
+    """What two records share when they ask the same thing: the messages before the last target one
+    (system prompts left out: the training data may have been scored with one the held-out set lacks)."""
     targets = [i for i, m in enumerate(messages) if (m["target"] if isinstance(m, dict) else m.is_target)]
     if not targets:
         return None
-    before = messages[:targets[-1]]
+    before = [m for m in messages[:targets[-1]] if (m["role"] if isinstance(m, dict) else m.role) != "system"]
     return normalize(" ".join(m["content"] if isinstance(m, dict) else m.content for m in before)) or None
 
 

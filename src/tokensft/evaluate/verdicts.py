@@ -38,6 +38,8 @@ def read_draws(eval_dir: Path) -> dict[str, list[bool]]:
 
 def _matrix(per_seed: list[dict[str, list[bool]]], ids: list[str]) -> np.ndarray:
     """(E, seeds x samples) 0/1 correctness of the examples `ids`."""
+    if not ids:
+        return np.zeros((0, 0))
     return np.array([[float(c) for seed in per_seed for c in seed[i]] for i in ids]).reshape(len(ids), -1)
 
 

@@ -89,21 +89,38 @@ def replacing(directory: Path, overwrite: bool, resume: bool) -> bool:
     return (overwrite or not resume) and is_finished(directory)
 
 
-def prepare_staging(directory: Path, run: dict, resume: bool) -> tuple[Path, str]:
+def prepare_staging(directory: Path, run: dict, resume: bool, overwrite: bool) -> tuple[Path, str]:
     """(the staging directory, its status) for a run replacing the finished `directory`: this run's
     own staging from a killed attempt resumes (or is swapped in, when it was finished); anything
-    else there, or --no-resume, starts over. Refuses what `prepare` refuses in `directory`."""
+    else there, or --no-resume, starts over. Refuses what `prepare` refuses in `directory`: foreign
+    files, and (without --overwrite) a dataset of other settings."""
     if names := foreign(directory):
         raise ConfigError(f"{directory}: not an empty directory or a tokensft output (found {', '.join(names[:3])}); "
                           "choose another --output")
+    current = read_run(directory)
+    if not overwrite and (current is None or current["identity"] != run["identity"]):
+        changed = changed_keys(current["identity"], run["identity"]) if current else []
+        hint = f" (differs in: {', '.join(changed)})" if changed else ""
+        raise ConfigError(f"{directory} holds a different scoring run{hint}; pass --overwrite to replace it, "
+                          "or choose another --output")
     stage = staging(directory)
     try:
         existing = read_run(stage)
     except ConfigError:  # unreadable: nothing of it can be trusted
         existing = None
-    if stage.exists() and (not resume or existing is None or existing["identity"] != run["identity"]):
+    if stage.exists() and (not resume or existing is None or existing["identity"] != run["identity"]
+                           or _older(stage, directory)):
         shutil.rmtree(stage)  # the staging directory is ours alone: another run's, or one to start over
     return stage, prepare(stage, run, overwrite=False)
+
+
+def _older(stage: Path, directory: Path) -> bool:
+    """Whether `stage` holds a dataset finished before the one in `directory`: the old generation a
+    swap killed before its clean-up left there, never to be swapped back."""
+    try:
+        return (stage / STATE_FILE).stat().st_mtime_ns < (directory / STATE_FILE).stat().st_mtime_ns
+    except FileNotFoundError:
+        return False
 
 
 def swap_in(stage: Path, directory: Path) -> None:

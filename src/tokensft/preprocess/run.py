@@ -144,7 +144,7 @@ def _write(config, kind, fmt, renderer, scorer, schema, rules, run, directory: P
     with ExitStack() as held:
         with OutputLock(directory, wait=config.wait):  # --no-wait: refused here, before any work
             if output.replacing(directory, config.overwrite, config.resume):
-                target, status = output.prepare_staging(directory, run, config.resume)
+                target, status = output.prepare_staging(directory, run, config.resume, config.overwrite)
             else:
                 target, status = directory, output.prepare(directory, run, config.overwrite, config.resume)
             # a rerun over a finished output (no rank writes one) verifies every shard; damaged ones are rescored
