@@ -96,7 +96,7 @@ def test_a_sweep_over_two_held_out_sets_with_three_seeds(tmp_path, tiny_dirs, ca
         assert p["transitions"]["draws"] == 3 * judged["examples"]
         assert judged["initial"]["accuracy"] is not None
     assert (out / "arms" / "p" / "seed-2" / "eval-seen" / "results.json").is_file()
-    assert "held-out" not in printed.out or "seen (contains" in printed.out
+    assert "seen (contains, 3 examples):" in printed.out and "heldout (numeric, 4 examples):" in printed.out
     assert main(["report", str(data), "-o", str(tmp_path / "report"), "--sweep", str(out), "-q", "-n", "0"]) == 0
     page = (tmp_path / "report" / "index.html").read_text()
     assert "Every held-out set" in page and "right→wrong" in page and "its 95% interval" in page
